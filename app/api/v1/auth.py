@@ -1,0 +1,55 @@
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, status
+from fastapi.security import OAuth2PasswordRequestForm
+
+from app.db.models import User
+from app.dependencies import CurrentUser, DatabaseDep, SessionDep, SettingsDep
+from app.schemas.auth import RefreshRequest, TokenPair
+from app.schemas.users import UserCreate, UserRead
+from app.services import auth, users
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retrying with the same key and body returns the first response",
+    ),
+]
+
+
+@router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserRead)
+async def register(
+    data: UserCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> User | dict[str, Any]:
+    return await users.register(
+        session,
+        data,
+        idempotency_key=idempotency_key,
+        secret=settings.signing_key,
+        idempotency_ttl=settings.idempotency_key_ttl,
+    )
+
+
+@router.post("/token")
+async def token(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], db: DatabaseDep, settings: SettingsDep
+) -> TokenPair:
+    return await auth.login(db, email=form.username, password=form.password, settings=settings)
+
+
+@router.post("/refresh")
+async def refresh(data: RefreshRequest, session: SessionDep, settings: SettingsDep) -> TokenPair:
+    return await auth.refresh(session, refresh_token=data.refresh_token, settings=settings)
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
+async def logout(data: RefreshRequest, user: CurrentUser, session: SessionDep) -> None:
+    await auth.logout(session, user=user, refresh_token=data.refresh_token)

@@ -1,0 +1,116 @@
+"""The one Settings object, read from the environment and from `.env`."""
+
+import os
+import secrets
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+# Secrets that ship in examples and templates; production refuses to start with any of them.
+PLACEHOLDER_SECRETS = frozenset({"", "changethis", "change-me", "changeme", "secret", "dev"})
+ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+
+
+class ConfigError(ValueError):
+    """The configuration cannot work; the message is one line meant for the operator."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Path("data")
+
+    database_url: str = "sqlite+aiosqlite:///./data/app.db"
+    db_pool_size: int = Field(10, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
+    db_pool_timeout: float = Field(5.0, gt=0)
+    db_statement_timeout_ms: int = Field(10_000, ge=0)
+
+    secret_key: str = ""
+    access_token_expire_minutes: int = Field(15, ge=1)
+    refresh_token_expire_days: int = Field(30, ge=1)
+    idempotency_key_ttl_hours: int = Field(24, ge=1)
+
+    public_base_url: str = "http://127.0.0.1:8000"
+    first_superuser_email: str = ""
+    first_superuser_password: str = ""
+
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _require_async_driver(cls, url: str) -> str:
+        try:
+            parsed = make_url(url)
+        except Exception as exc:
+            raise ConfigError(f"DATABASE_URL is not a database URL: {url!r}") from exc
+        backend, _, driver = parsed.drivername.partition("+")
+        expected = ASYNC_DRIVERS.get(backend)
+        if expected is None:
+            raise ConfigError(
+                f"DATABASE_URL: unsupported database {backend!r}; use SQLite or PostgreSQL"
+            )
+        if driver != expected:
+            raise ConfigError(
+                f"DATABASE_URL must use the async driver {backend}+{expected}://, "
+                f"got {parsed.drivername}://"
+            )
+        return url
+
+    @model_validator(mode="after")
+    def _require_real_secret_in_production(self) -> "Settings":
+        if self.environment == "production" and (
+            self.secret_key in PLACEHOLDER_SECRETS or len(self.secret_key) < 32
+        ):
+            raise ConfigError(
+                "SECRET_KEY must be set to a random value of at least 32 characters in production"
+            )
+        return self
+
+    @property
+    def idempotency_key_ttl(self) -> timedelta:
+        return timedelta(hours=self.idempotency_key_ttl_hours)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @cached_property
+    def signing_key(self) -> str:
+        """SECRET_KEY, or in development a key generated once and kept under DATA_DIR."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            # Several worker processes may start at once: write aside, then link into place,
+            # which succeeds for exactly one of them.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            draft = path.with_name(f".secret_key.{os.getpid()}")
+            draft.touch(mode=0o600)
+            draft.write_text(secrets.token_urlsafe(48))
+            try:
+                os.link(draft, path)
+            except FileExistsError:
+                pass
+            finally:
+                draft.unlink()
+        return path.read_text().strip()
+
+
+def load_settings() -> Settings:
+    """Read the settings, turning a validation failure into one line that names the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = "_".join(str(part) for part in error["loc"]).upper()
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(message if name in message else f"{name}: {message}") from None

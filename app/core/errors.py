@@ -1,0 +1,74 @@
+"""Domain errors. Each carries its HTTP status; one handler in app.main renders them all."""
+
+from typing import ClassVar
+
+
+class AppError(Exception):
+    status_code: ClassVar[int] = 400
+    detail: ClassVar[str] = "Bad request"
+    headers: ClassVar[dict[str, str] | None] = None
+    # The request fails, but what the service wrote before raising must be committed anyway
+    # (revoking a stolen token family, say).
+    keeps_changes: ClassVar[bool] = False
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.message = detail or self.detail
+        super().__init__(self.message)
+
+
+class NotAuthenticated(AppError):
+    status_code = 401
+    detail = "Not authenticated"
+    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
+
+
+class InvalidCredentials(NotAuthenticated):
+    detail = "Incorrect email or password"
+
+
+class InvalidToken(NotAuthenticated):
+    detail = "Invalid or expired token"
+
+
+class RefreshTokenReused(InvalidToken):
+    keeps_changes = True
+
+
+class InactiveUser(NotAuthenticated):
+    detail = "This account is disabled"
+
+
+class Forbidden(AppError):
+    status_code = 403
+    detail = "Not enough privileges"
+
+
+class NotFound(AppError):
+    status_code = 404
+    detail = "Not found"
+
+
+class EmailTaken(AppError):
+    status_code = 409
+    detail = "A user with this email already exists"
+
+
+class WrongPassword(AppError):
+    status_code = 400
+    detail = "Current password is incorrect"
+
+
+class IdempotencyKeyReused(AppError):
+    status_code = 422
+    detail = "This Idempotency-Key was used with a different request body"
+
+
+class IdempotencyKeyInFlight(AppError):
+    status_code = 409
+    detail = "A request with this Idempotency-Key is still being processed; retry shortly"
+
+
+class DatabaseUnavailable(AppError):
+    status_code = 503
+    detail = "The database is unavailable; try again shortly"
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}

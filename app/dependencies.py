@@ -1,0 +1,71 @@
+"""Every Depends() provider, exported as Annotated aliases that read like plain types."""
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.config import Settings
+from app.core.errors import Forbidden
+from app.db.models import User
+from app.db.session import Database
+from app.services import auth
+
+
+async def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def get_database(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+
+
+async def get_db(db: DatabaseDep) -> AsyncIterator[AsyncSession]:
+    """The request's transaction: committed on success, rolled back on error."""
+    async with db.transaction() as session:
+        yield session
+
+
+# scope="function" ends the transaction before the response is sent, so a failed commit
+# can never follow a success status, and the connection goes back to the pool early.
+SessionDep = Annotated[AsyncSession, Depends(get_db, scope="function")]
+
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token")
+
+
+async def get_current_user(
+    token: Annotated[str, Depends(oauth2_scheme)], db: DatabaseDep, settings: SettingsDep
+) -> User:
+    # A short autocommit read, closed before the handler runs: authentication never holds a
+    # pooled connection for the rest of the request.
+    async with db.read_sessionmaker() as session:
+        return await auth.authenticate(session, access_token=token, secret=settings.signing_key)
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_superuser(user: CurrentUser) -> User:
+    if not user.is_superuser:
+        raise Forbidden()
+    return user
+
+
+SuperUser = Annotated[User, Depends(get_superuser)]
+
+
+async def get_read_session(db: DatabaseDep) -> AsyncIterator[AsyncSession]:
+    """An autocommit session for handlers that only read: no BEGIN/COMMIT round trips."""
+    async with db.read_sessionmaker() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]

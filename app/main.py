@@ -1,0 +1,63 @@
+"""The application factory: routers, error handlers and the lifespan."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+
+from app.api.v1 import health
+from app.api.v1 import router as api_v1_router
+from app.core.config import Settings, load_settings
+from app.core.errors import AppError, DatabaseUnavailable
+from app.db.session import Database, create_engine
+from app.services import startup
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await startup.ensure_first_superuser(app.state.db, settings)
+        try:
+            yield
+        finally:
+            await app.state.db.dispose()
+
+    app = FastAPI(
+        title="Accounts service",
+        version="1.0.0",
+        summary="User accounts with durable background work.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = Database(create_engine(settings))
+    app.include_router(api_v1_router)
+    app.include_router(health.router)
+    _add_error_handlers(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def app_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AppError)
+        return JSONResponse({"detail": exc.message}, exc.status_code, headers=exc.headers)
+
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, sa_exc.DBAPIError) and not (
+            exc.connection_invalidated
+            or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+        ):
+            raise exc  # a genuine bug (bad SQL, a constraint we did not expect): a 500
+        logger.warning("database unavailable on %s %s: %r", request.method, request.url.path, exc)
+        return await app_error(request, DatabaseUnavailable())
+
+    app.add_exception_handler(AppError, app_error)
+    # Pool exhausted for DB_POOL_TIMEOUT, connection refused or dropped, statement timeout.
+    for error in (sa_exc.TimeoutError, sa_exc.DBAPIError, ConnectionError, TimeoutError):
+        app.add_exception_handler(error, database_unavailable)
