@@ -1,0 +1,196 @@
+"""Test fixtures: every test runs against SQLite and against PostgreSQL.
+
+The schema is built once per backend by `alembic upgrade head`, so migrations are exercised.
+Each test gets its own app with its real engine and pool (the app opens several connections at
+once, which an outer rollback transaction could not cover); afterwards every table is emptied.
+"""
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import delete
+from sqlalchemy.engine import make_url
+
+from alembic import command
+from app.core.config import Settings
+from app.db.base import Base
+from app.db.models import User
+from app.main import create_app
+from app.schemas.users import UserCreate
+from app.services import startup, users
+
+POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/accounts_test"
+)
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+PASSWORD = "correct horse battery"
+
+
+def _postgres_dsn(url: str, database: str | None = None) -> str:
+    parsed = make_url(url).set(drivername="postgresql")
+    if database:
+        parsed = parsed.set(database=database)
+    return parsed.render_as_string(hide_password=False)
+
+
+async def _reset_postgres(url: str) -> None:
+    """Create the test database if needed and empty its schema."""
+    name = make_url(url).database
+    try:
+        admin = await asyncpg.connect(_postgres_dsn(url, "postgres"), timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise ConnectionError(f"PostgreSQL at {url} is not reachable: {exc!r}") from exc
+    try:
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(_postgres_dsn(url), timeout=5)
+    try:
+        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated database of each backend; PostgreSQL is required in CI."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'test.db'}"
+    else:
+        url = POSTGRES_URL
+        try:
+            asyncio.run(_reset_postgres(url))
+        except ConnectionError as exc:
+            if IN_CI:
+                pytest.fail(f"CI needs PostgreSQL: {exc}")
+            pytest.skip(str(exc))
+    command.upgrade(startup.alembic_config(make_settings(url)), "head")
+    return url
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "environment": "test",
+        "secret_key": "test-secret-key-" + "x" * 32,
+        "db_pool_size": 5,
+        "db_max_overflow": 0,
+        "db_pool_timeout": 2.0,
+        "_env_file": None,
+    }
+    return Settings(**(values | overrides))
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return make_settings(database_url, data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The application with its lifespan running; fails the test if a connection leaked."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield app
+        pool = app.state.db.engine.pool
+        checked_out = pool.checkedout()
+        async with app.state.db.transaction() as session:
+            for table in reversed(Base.metadata.sorted_tables):
+                await session.execute(delete(table))
+        assert checked_out == 0, f"{checked_out} connection(s) still checked out after the test"
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+MakeUser = Callable[..., Awaitable[User]]
+
+
+@pytest.fixture
+def make_user(app: FastAPI) -> MakeUser:
+    """Create a user directly through the service; keyword arguments set model fields."""
+
+    async def make(
+        email: str | None = None, password: str = PASSWORD, name: str = "Test User", **fields: Any
+    ) -> User:
+        data = UserCreate(
+            email=email or f"user-{uuid.uuid4().hex[:12]}@example.com", name=name, password=password
+        )
+        async with app.state.db.transaction() as session:
+            user = await users.register(session, data, secret="unused")
+            assert isinstance(user, User)
+            for field, value in fields.items():
+                setattr(user, field, value)
+        return user
+
+    return make
+
+
+async def login(client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> dict[str, Any]:
+    response = await client.post(
+        "/api/v1/auth/token", data={"username": email, "password": password}
+    )
+    assert response.status_code == 200, response.text
+    tokens: dict[str, Any] = response.json()
+    return tokens
+
+
+def bearer(tokens: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+# --- guard: a test fails when it blocks the event loop for more than 100 ms -----------------
+
+SLOW_CALLBACK_S = 0.1
+
+
+class _SlowCallbacks(logging.Handler):
+    """Collects asyncio's debug-mode reports of callbacks that held the loop too long."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.armed = False
+        self.reports: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if self.armed and message.startswith("Executing"):
+            self.reports.append(message)
+
+
+_slow_callbacks = _SlowCallbacks()
+logging.getLogger("asyncio").addHandler(_slow_callbacks)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    # Only the test body counts: fixtures build apps and migrate schemas synchronously.
+    _slow_callbacks.armed = True
+    try:
+        return (yield)
+    finally:
+        _slow_callbacks.armed = False
+
+
+@pytest.fixture(autouse=True)
+async def event_loop_not_blocked() -> AsyncIterator[None]:
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = SLOW_CALLBACK_S
+    _slow_callbacks.reports.clear()
+    yield
+    assert not _slow_callbacks.reports, "event loop blocked:\n" + "\n".join(_slow_callbacks.reports)
