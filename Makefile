@@ -9,8 +9,9 @@ run: $(VENV)/.runtime
 	$(BIN)/python -m app migrate
 	exec $(BIN)/python -m app serve
 
+# pytest exits 5 when it collected nothing: say so, and fail.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest || { status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests" >&2; exit $$status; }
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

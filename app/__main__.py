@@ -38,6 +38,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
 
 def migrate(settings: Settings, args: argparse.Namespace) -> None:
     from alembic import command
+
     from app.services.startup import alembic_config
 
     command.upgrade(alembic_config(settings), args.revision)

@@ -12,6 +12,7 @@ from app.api.v1 import health
 from app.api.v1 import router as api_v1_router
 from app.core.config import Settings, load_settings
 from app.core.errors import AppError, DatabaseUnavailable
+from app.db.errors import is_unavailable
 from app.db.session import Database, create_engine
 from app.services import startup
 
@@ -48,16 +49,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, AppError)
         return JSONResponse({"detail": exc.message}, exc.status_code, headers=exc.headers)
 
-    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, sa_exc.DBAPIError) and not (
-            exc.connection_invalidated
-            or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
-        ):
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        if not is_unavailable(exc):
             raise exc  # a genuine bug (bad SQL, a constraint we did not expect): a 500
         logger.warning("database unavailable on %s %s: %r", request.method, request.url.path, exc)
         return await app_error(request, DatabaseUnavailable())
 
     app.add_exception_handler(AppError, app_error)
-    # Pool exhausted for DB_POOL_TIMEOUT, connection refused or dropped, statement timeout.
     for error in (sa_exc.TimeoutError, sa_exc.DBAPIError, ConnectionError, TimeoutError):
-        app.add_exception_handler(error, database_unavailable)
+        app.add_exception_handler(error, database_error)

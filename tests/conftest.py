@@ -16,11 +16,11 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from alembic import command
 from fastapi import FastAPI
 from sqlalchemy import delete
 from sqlalchemy.engine import make_url
 
-from alembic import command
 from app.core.config import Settings
 from app.db.base import Base
 from app.db.models import User
