@@ -42,40 +42,43 @@ def _postgres_dsn(url: str, database: str | None = None) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-async def _reset_postgres(url: str) -> None:
-    """Create the test database if needed and empty its schema."""
-    name = make_url(url).database
+async def _admin(url: str, *statements: str) -> None:
     try:
         admin = await asyncpg.connect(_postgres_dsn(url, "postgres"), timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
         raise ConnectionError(f"PostgreSQL at {url} is not reachable: {exc!r}") from exc
     try:
-        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-            await admin.execute(f'CREATE DATABASE "{name}"')
+        for statement in statements:
+            await admin.execute(statement)
     finally:
         await admin.close()
-    conn = await asyncpg.connect(_postgres_dsn(url), timeout=5)
-    try:
-        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A migrated database of each backend; PostgreSQL is required in CI."""
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A migrated database of each backend; PostgreSQL is required in CI.
+
+    Each test run gets a PostgreSQL database of its own, so parallel runs never collide.
+    """
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'test.db'}"
-    else:
-        url = POSTGRES_URL
-        try:
-            asyncio.run(_reset_postgres(url))
-        except ConnectionError as exc:
-            if IN_CI:
-                pytest.fail(f"CI needs PostgreSQL: {exc}")
-            pytest.skip(str(exc))
+        command.upgrade(startup.alembic_config(make_settings(url)), "head")
+        yield url
+        return
+    base = make_url(POSTGRES_URL)
+    url = base.set(database=f"{base.database}_{os.getpid()}").render_as_string(hide_password=False)
+    name = make_url(url).database
+    try:
+        asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"'))
+    except ConnectionError as exc:
+        if IN_CI:
+            pytest.fail(f"CI needs PostgreSQL: {exc}")
+        pytest.skip(str(exc))
     command.upgrade(startup.alembic_config(make_settings(url)), "head")
-    return url
+    yield url
+    asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
