@@ -1,28 +1,43 @@
-"""Command line: `python -m app serve|migrate|createsuperuser`."""
+"""Command line: `python -m app serve|migrate|createsuperuser|worker|relay|jobs`."""
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import logging
 import os
 import sys
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from app.core.config import ConfigError, Settings, load_settings
 from app.core.errors import AppError
+
+if TYPE_CHECKING:
+    from app.db.session import Database
+
+
+@contextlib.asynccontextmanager
+async def ready_database(settings: Settings) -> AsyncIterator["Database"]:
+    """The database, once it is known to answer and to be migrated; ConfigError otherwise."""
+    from app.db.session import Database, create_engine
+    from app.services import startup
+
+    db = Database(create_engine(settings))
+    try:
+        await startup.check_ready_to_serve(db)
+        yield db
+    finally:
+        await db.dispose()
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
-    from app.db.session import Database, create_engine
-    from app.services import startup
-
     async def check() -> None:
-        db = Database(create_engine(settings))
-        try:
-            await startup.check_ready_to_serve(db)
-        finally:
-            await db.dispose()
+        async with ready_database(settings):
+            pass
 
     asyncio.run(check())
     uvicorn.run(
@@ -38,16 +53,20 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
 
 def migrate(settings: Settings, args: argparse.Namespace) -> None:
     from alembic import command
+    from sqlalchemy.exc import SQLAlchemyError
 
     from app.services.startup import alembic_config
 
-    command.upgrade(alembic_config(settings), args.revision)
+    try:
+        command.upgrade(alembic_config(settings), args.revision)
+    except (SQLAlchemyError, OSError) as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise ConfigError(f"cannot migrate the database: {reason!r}") from None
 
 
 def createsuperuser(settings: Settings, args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
-    from app.db.session import Database, create_engine
     from app.schemas.users import UserCreate
     from app.services import users
 
@@ -59,15 +78,68 @@ def createsuperuser(settings: Settings, args: argparse.Namespace) -> None:
         raise ConfigError(f"{'.'.join(map(str, error['loc']))}: {error['msg']}") from None
 
     async def create() -> None:
-        db = Database(create_engine(settings))
-        try:
-            async with db.transaction() as session:
-                await users.create_superuser(session, data)
-        finally:
-            await db.dispose()
+        async with ready_database(settings) as db, db.transaction() as session:
+            await users.create_superuser(session, data)
 
     asyncio.run(create())
     print(f"superuser {args.email} created")
+
+
+def worker(settings: Settings, args: argparse.Namespace) -> None:
+    if not settings.broker_url:
+        raise ConfigError("BROKER_URL is empty: jobs run inside the API process, no worker needed")
+    from app.worker import celery
+
+    argv = ["worker", "--loglevel", settings.log_level, "--concurrency", str(args.concurrency)]
+    celery.worker_main([*argv, *args.celery_args])
+
+
+def relay(settings: Settings, args: argparse.Namespace) -> None:
+    if not settings.broker_url:
+        raise ConfigError("BROKER_URL is empty: there is no broker to relay jobs to")
+    from app.db.session import Database, create_engine
+    from app.services.relay import Relay
+    from app.worker import create_celery, publisher
+
+    async def run() -> None:
+        db = Database(create_engine(settings))
+        runner = Relay(db, settings, publisher(create_celery(settings)))
+        runner.start()
+        try:
+            await asyncio.Event().wait()  # until interrupted
+        finally:
+            await runner.stop()
+            await db.dispose()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+def jobs_command(settings: Settings, args: argparse.Namespace) -> None:
+    from app.db.models import JobStatus
+    from app.services import jobs
+
+    async def run() -> None:
+        async with ready_database(settings) as db:
+            async with db.transaction() as session:
+                if args.action == "retry":
+                    for job_id in args.job_ids:
+                        job = await jobs.retry(session, job_id)
+                        print(f"{job.id}  {job.name}  queued again")
+                    return
+                status = JobStatus(args.status) if args.status else None
+                items, total = await jobs.list_page(
+                    session, status=status, limit=args.limit, offset=0
+                )
+            for job in items:
+                error = f"  {job.last_error}" if job.last_error else ""
+                print(
+                    f"{job.id}  {job.status:<9}  {job.attempts}/{job.max_attempts}  "
+                    f"{job.created_at:%Y-%m-%d %H:%M:%S}  {job.name}{error}"
+                )
+            print(f"{len(items)} of {total} job(s)")
+
+    asyncio.run(run())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,8 +163,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="Administrator")
     p.set_defaults(run=createsuperuser)
 
+    p = commands.add_parser("worker", help="run a Celery worker (needs BROKER_URL)")
+    p.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
+    p.add_argument("celery_args", nargs=argparse.REMAINDER, help="passed on to celery worker")
+    p.set_defaults(run=worker)
+
+    p = commands.add_parser("relay", help="publish committed jobs to the broker (needs BROKER_URL)")
+    p.set_defaults(run=relay)
+
+    p = commands.add_parser("jobs", help="list background jobs, or retry failed and dead ones")
+    actions = p.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list")
+    listing.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "dead"])
+    listing.add_argument("--limit", type=int, default=50)
+    retrying = actions.add_parser("retry")
+    retrying.add_argument("job_ids", nargs="+", type=uuid.UUID, metavar="JOB_ID")
+    p.set_defaults(run=jobs_command)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Alembic narrates at INFO; only a migration's own steps are worth showing.
+    logging.getLogger("alembic").setLevel(logging.INFO if args.run is migrate else logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         args.run(load_settings(), args)

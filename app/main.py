@@ -14,7 +14,12 @@ from app.core.config import Settings, load_settings
 from app.core.errors import AppError, DatabaseUnavailable
 from app.db.errors import is_unavailable
 from app.db.session import Database, create_engine
+from app.middleware import RequestIdMiddleware
+from app.pages import routes as pages
 from app.services import startup
+from app.services.dispatcher import Dispatcher
+from app.services.mailer import Mailer
+from app.services.relay import Relay
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +29,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await startup.ensure_first_superuser(app.state.db, settings)
+        db: Database = app.state.db
+        await startup.ensure_first_superuser(db, settings)
+        runner = _job_runner(db, settings)
+        db.on_jobs_committed.append(runner.wake)
+        app.state.jobs = runner
+        runner.start()
         try:
             yield
         finally:
-            await app.state.db.dispose()
+            await runner.stop()
+            await db.dispose()
 
     app = FastAPI(
         title="Accounts service",
@@ -40,8 +51,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.db = Database(create_engine(settings))
     app.include_router(api_v1_router)
     app.include_router(health.router)
+    app.include_router(pages.router)
+    app.add_middleware(RequestIdMiddleware)
     _add_error_handlers(app)
     return app
+
+
+def _job_runner(db: Database, settings: Settings) -> Dispatcher | Relay:
+    """Without a broker jobs run in this process; with one, this process relays them to Celery."""
+    if not settings.broker_url:
+        return Dispatcher(db, settings, Mailer(settings))
+    from app.worker import create_celery, publisher  # Celery is only imported when used
+
+    return Relay(db, settings, publisher(create_celery(settings)))
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -6,16 +6,24 @@ once, which an outer rollback transaction could not cover); afterwards every tab
 """
 
 import asyncio
+import email
+import email.policy
+import gc
 import logging
 import os
+import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope
 from alembic import command
 from fastapi import FastAPI
 from sqlalchemy import delete
@@ -89,14 +97,102 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "db_pool_size": 5,
         "db_max_overflow": 0,
         "db_pool_timeout": 2.0,
+        # Retries in tests come within a fraction of a second.
+        "job_retry_base_seconds": 0.05,
+        "job_retry_max_seconds": 0.2,
+        "job_shutdown_grace_seconds": 2.0,
+        "public_base_url": "http://testserver",
         "_env_file": None,
     }
     return Settings(**(values | overrides))
 
 
+class SmtpSink:
+    """A real SMTP server's message handler (aiosmtpd), which can be told to refuse mail.
+
+    aiosmtpd serves from a thread of its own; arrivals are signalled to the test's loop.
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self.refuse_with: str | None = None
+        # Set `stall`: the next delivery hangs mid-conversation until release(); `stalled` tells.
+        self.stall = False
+        self.stalled = asyncio.Event()
+        self._release = threading.Event()
+        self.port = 0
+        self._arrived = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def reset(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.messages.clear()
+        self.refuse_with = None
+        self.stall = False
+        self.stalled = asyncio.Event()
+        self._release = threading.Event()
+        self._arrived = asyncio.Event()
+        self._loop = loop
+
+    def release(self) -> None:
+        self._release.set()
+
+    async def handle_DATA(self, server: object, session: object, envelope: Envelope) -> str:
+        if self.stall and self._loop is not None:
+            self.stall = False
+            self._loop.call_soon_threadsafe(self.stalled.set)
+            await asyncio.get_running_loop().run_in_executor(None, self._release.wait, 60)
+            return "451 4.3.0 Delivery interrupted"
+        if self.refuse_with is not None:
+            return self.refuse_with
+        assert isinstance(envelope.content, bytes)
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        self.messages.append(message)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._arrived.set)
+        return "250 Message accepted for delivery"
+
+    async def wait_for(self, count: int) -> list[EmailMessage]:
+        """The first `count` messages, once they have arrived (at most MAIL_WAIT_S)."""
+        async with asyncio.timeout(MAIL_WAIT_S):
+            while len(self.messages) < count:
+                await self._arrived.wait()
+                self._arrived.clear()
+        return self.messages[:count]
+
+
+MAIL_WAIT_S = 15.0
+
+
+@pytest.fixture(scope="session")
+def smtp_controller() -> Iterator[tuple[Controller, SmtpSink]]:
+    sink = SmtpSink()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        sink.port = probe.getsockname()[1]
+    controller = Controller(sink, hostname="127.0.0.1", port=sink.port)
+    controller.start()
+    yield controller, sink
+    controller.stop()
+
+
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
-    return make_settings(database_url, data_dir=tmp_path / "data")
+async def smtp(smtp_controller: tuple[Controller, SmtpSink]) -> SmtpSink:
+    """The test SMTP server, emptied and accepting mail."""
+    sink = smtp_controller[1]
+    sink.reset(asyncio.get_running_loop())
+    return sink
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path, smtp: SmtpSink) -> Settings:
+    return make_settings(
+        database_url,
+        data_dir=tmp_path / "data",
+        smtp_host="127.0.0.1",
+        smtp_port=smtp.port,
+        smtp_tls=False,
+    )
 
 
 @pytest.fixture
@@ -105,6 +201,7 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         yield app
+        await app.state.jobs.stop()  # background work must not count as a leak
         pool = app.state.db.engine.pool
         checked_out = pool.checkedout()
         async with app.state.db.transaction() as session:
@@ -181,11 +278,15 @@ logging.getLogger("asyncio").addHandler(_slow_callbacks)
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    # Only the test body counts: fixtures build apps and migrate schemas synchronously.
+    # Only the test body counts: fixtures build apps and migrate schemas synchronously. The
+    # cyclic garbage collector waits until the body is over: a full collection of the test
+    # process's heap takes 100-300 ms here, a pause of the test runner, not of the app.
     _slow_callbacks.armed = True
+    gc.disable()
     try:
         return (yield)
     finally:
+        gc.enable()
         _slow_callbacks.armed = False
 
 

@@ -30,9 +30,9 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
+        # Emails are stored lowercased, so this makes them unique whatever their case.
+        sa.UniqueConstraint("email", name=op.f("uq_users_email")),
     )
-    # Emails are unique whatever their case (autogenerate cannot compare expression indexes).
-    op.create_index("uq_users_email_lower", "users", [sa.text("lower(email)")], unique=True)
 
     op.create_table(
         "refresh_tokens",
@@ -71,5 +71,4 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_refresh_tokens_user_id"), table_name="refresh_tokens")
     op.drop_index(op.f("ix_refresh_tokens_family_id"), table_name="refresh_tokens")
     op.drop_table("refresh_tokens")
-    op.drop_index("uq_users_email_lower", table_name="users")
     op.drop_table("users")

@@ -7,6 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+from email_validator import EmailNotValidError, validate_email
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
@@ -38,6 +39,29 @@ class Settings(BaseSettings):
     access_token_expire_minutes: int = Field(15, ge=1)
     refresh_token_expire_days: int = Field(30, ge=1)
     idempotency_key_ttl_hours: int = Field(24, ge=1)
+
+    # Empty: jobs run in the API process. redis://... or amqp://...: Celery workers run them.
+    broker_url: str = ""
+    job_concurrency: int = Field(8, ge=1)
+    job_lease_seconds: float = Field(60.0, gt=0)
+    job_poll_seconds: float = Field(1.0, gt=0)
+    job_retry_base_seconds: float = Field(2.0, gt=0)
+    job_retry_max_seconds: float = Field(600.0, gt=0)
+    job_shutdown_grace_seconds: float = Field(10.0, ge=0)
+    # The Celery relay hands a job to the broker again when no worker took it in this time.
+    job_republish_seconds: float = Field(300.0, gt=0)
+
+    # Empty SMTP_HOST: mails are written as .eml files under DATA_DIR/mail and logged.
+    smtp_host: str = ""
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_tls: bool = True
+    smtp_timeout_seconds: float = Field(10.0, gt=0)
+    mail_from: str = "Accounts <no-reply@localhost>"
+
+    verify_token_expire_hours: int = Field(48, ge=1)
+    reset_token_expire_minutes: int = Field(60, ge=1)
 
     public_base_url: str = "http://127.0.0.1:8000"
     first_superuser_email: str = ""
@@ -75,9 +99,27 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _first_superuser_is_usable(self) -> "Settings":
+        email, password = self.first_superuser_email, self.first_superuser_password
+        if bool(email) != bool(password):
+            raise ConfigError("FIRST_SUPERUSER_EMAIL and FIRST_SUPERUSER_PASSWORD go together")
+        if email:
+            try:
+                validate_email(email, check_deliverability=False)
+            except EmailNotValidError as exc:
+                raise ConfigError(f"FIRST_SUPERUSER_EMAIL is not an email address: {exc}") from None
+            if not 8 <= len(password) <= 128:
+                raise ConfigError("FIRST_SUPERUSER_PASSWORD needs 8 to 128 characters")
+        return self
+
     @property
     def idempotency_key_ttl(self) -> timedelta:
         return timedelta(hours=self.idempotency_key_ttl_hours)
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.data_dir / "mail"
 
     @property
     def is_sqlite(self) -> bool:

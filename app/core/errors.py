@@ -72,3 +72,13 @@ class DatabaseUnavailable(AppError):
     status_code = 503
     detail = "The database is unavailable; try again shortly"
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
+
+
+class JobNotRetryable(AppError):
+    status_code = 409
+    detail = "Only failed or dead jobs can be retried"
+
+
+class InvalidEmailToken(AppError):
+    status_code = 400
+    detail = "This link is invalid, has expired or was already used"

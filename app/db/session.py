@@ -5,7 +5,7 @@ runs in a real transaction. On SQLite a writing transaction starts with BEGIN IM
 concurrent writers queue on the busy timeout instead of failing when they upgrade a read lock.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ from app.core.errors import AppError
 
 # Execution option that marks a SQLite connection whose transaction will write.
 SQLITE_WRITER = "sqlite_writer"
+# Session.info flag: this transaction enqueued jobs; whoever runs them is woken on commit.
+JOBS_ENQUEUED = "jobs_enqueued"
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -92,6 +94,7 @@ class Database:
         writer = engine.execution_options(**transaction_options(engine))
         self.sessionmaker = async_sessionmaker(writer, expire_on_commit=False)
         self.read_sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        self.on_jobs_committed: list[Callable[[], None]] = []
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -106,6 +109,9 @@ class Database:
                 await session.rollback()
                 raise
             await session.commit()
+            if session.info.pop(JOBS_ENQUEUED, False):
+                for wake in self.on_jobs_committed:
+                    wake()
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -13,11 +13,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core import security
 from app.core.config import Settings
-from app.core.errors import InactiveUser, InvalidCredentials, InvalidToken, RefreshTokenReused
+from app.core.errors import (
+    InactiveUser,
+    InvalidCredentials,
+    InvalidEmailToken,
+    InvalidToken,
+    RefreshTokenReused,
+)
 from app.db.base import utcnow
 from app.db.models import RefreshToken, User
 from app.db.session import Database
 from app.schemas.auth import TokenPair
+from app.services import jobs, tasks
 
 
 async def login(db: Database, *, email: str, password: str, settings: Settings) -> TokenPair:
@@ -118,6 +125,29 @@ async def revoke_all_sessions(session: AsyncSession, *, user: User) -> None:
         .values(revoked_at=utcnow())
     )
     user.token_version += 1
+
+
+async def request_password_reset(session: AsyncSession, *, email: str) -> None:
+    """Mail a reset link if an active account has this email; the caller learns nothing."""
+    user = await session.scalar(select(User).where(User.email_matches(email)))
+    if user is not None and user.is_active:
+        await jobs.enqueue(session, tasks.send_password_reset_email, user_id=str(user.id))
+
+
+async def reset_password(session: AsyncSession, *, token: str, password: str, secret: str) -> User:
+    """Set a new password from a reset link, and end every session of the user."""
+    user_id, bound_to = security.decode_email_token(
+        token, purpose=security.RESET_PASSWORD, secret=secret
+    )
+    hashed_password = await security.hash_password(password)
+    user = await session.get(User, user_id, with_for_update=True)
+    # Bound to the old hash: once any new password is set, the link is spent.
+    if user is None or not user.is_active or bound_to != security.binding(user.hashed_password):
+        raise InvalidEmailToken()
+    user.hashed_password = hashed_password
+    await revoke_all_sessions(session, user=user)
+    await session.flush()
+    return user
 
 
 async def authenticate(session: AsyncSession, *, access_token: str, secret: str) -> User:

@@ -9,10 +9,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core import security
-from app.core.errors import EmailTaken, NotFound, WrongPassword
+from app.core.errors import EmailTaken, InvalidEmailToken, NotFound, WrongPassword
 from app.db.models import User
 from app.schemas.users import UserCreate, UserRead, UserUpdate
-from app.services import auth, idempotency
+from app.services import auth, idempotency, jobs, tasks
 
 
 async def register(
@@ -37,8 +37,12 @@ async def register(
         if claim.response_body is not None:
             return claim.response_body
     user = await _insert_user(
-        session, email=data.email, name=data.name, hashed_password=hashed_password
+        session,
+        email=User.normalize_email(data.email),
+        name=data.name,
+        hashed_password=hashed_password,
     )
+    await jobs.enqueue(session, tasks.send_welcome_email, user_id=str(user.id))
     if claim is not None:
         idempotency.record_response(
             claim, status_code=201, body=UserRead.model_validate(user).model_dump(mode="json")
@@ -50,7 +54,7 @@ async def _insert_user(session: AsyncSession, **values: Any) -> User:
     user = User(**values)
     session.add(user)
     try:
-        # The unique index on lower(email) decides; a pre-check could not close the race.
+        # The unique constraint on email decides; a pre-check could not close the race.
         await session.flush()
     except IntegrityError as exc:
         raise EmailTaken() from exc
@@ -110,10 +114,23 @@ async def update_profile(session: AsyncSession, *, user: User, data: UserUpdate)
     return stored
 
 
+async def verify_email(session: AsyncSession, *, token: str, secret: str) -> User:
+    """Mark the address verified; the token must be for the address the user still has."""
+    user_id, bound_to = security.decode_email_token(
+        token, purpose=security.VERIFY_EMAIL, secret=secret
+    )
+    user = await session.get(User, user_id, with_for_update=True)
+    if user is None or bound_to != security.binding(user.email):
+        raise InvalidEmailToken()
+    user.is_verified = True
+    await session.flush()
+    return user
+
+
 async def create_superuser(session: AsyncSession, data: UserCreate) -> User:
     return await _insert_user(
         session,
-        email=data.email,
+        email=User.normalize_email(data.email),
         name=data.name,
         hashed_password=await security.hash_password(data.password),
         is_superuser=True,

@@ -48,7 +48,7 @@ async def test_pool_serves_again_once_connections_return(
 
 
 async def _client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
+    app = await asyncio.to_thread(create_app, settings)  # building an app is sync work
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

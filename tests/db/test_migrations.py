@@ -1,4 +1,3 @@
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
@@ -9,8 +8,6 @@ from app.db.session import Database, create_engine
 from app.services import startup
 
 
-# SQLite cannot reflect the expression index on lower(email); PostgreSQL compares it.
-@pytest.mark.filterwarnings("ignore:.*expression-based index")
 async def test_models_and_migrations_agree(settings: Settings) -> None:
     def diff(connection: Connection) -> list[object]:
         return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))

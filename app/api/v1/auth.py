@@ -5,7 +5,13 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from app.db.models import User
 from app.dependencies import CurrentUser, DatabaseDep, SessionDep, SettingsDep
-from app.schemas.auth import RefreshRequest, TokenPair
+from app.schemas.auth import (
+    ForgotPasswordRequest,
+    RefreshRequest,
+    ResetPasswordRequest,
+    TokenPair,
+    VerifyRequest,
+)
 from app.schemas.users import UserCreate, UserRead
 from app.services import auth, users
 
@@ -53,3 +59,23 @@ async def refresh(data: RefreshRequest, session: SessionDep, settings: SettingsD
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
 async def logout(data: RefreshRequest, user: CurrentUser, session: SessionDep) -> None:
     await auth.logout(session, user=user, refresh_token=data.refresh_token)
+
+
+@router.post("/verify", response_model=UserRead)
+async def verify(data: VerifyRequest, session: SessionDep, settings: SettingsDep) -> User:
+    return await users.verify_email(session, token=data.token, secret=settings.signing_key)
+
+
+@router.post("/forgot-password", status_code=status.HTTP_202_ACCEPTED)
+async def forgot_password(data: ForgotPasswordRequest, session: SessionDep) -> dict[str, str]:
+    await auth.request_password_reset(session, email=data.email)
+    return {"detail": "If an account has this email, a reset link is on its way"}
+
+
+@router.post("/reset-password", response_model=UserRead)
+async def reset_password(
+    data: ResetPasswordRequest, session: SessionDep, settings: SettingsDep
+) -> User:
+    return await auth.reset_password(
+        session, token=data.token, password=data.password, secret=settings.signing_key
+    )

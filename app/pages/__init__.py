@@ -1,0 +1,1 @@
+"""The small HTML pages that links in emails open."""

@@ -1,0 +1,244 @@
+"""Claiming, running and settling jobs: the code every backend shares.
+
+A claim is one UPDATE ... RETURNING over due rows picked with FOR UPDATE SKIP LOCKED, so
+several processes on one PostgreSQL never take the same job; SQLite serialises writers, which
+gives the same guarantee. A claim takes a lease; a job whose lease ran out (its process died) is
+due again. Every attempt is recorded in job_runs.
+"""
+
+import asyncio
+import logging
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.config import Settings
+from app.db.base import utcnow
+from app.db.models import Job, JobRun, JobStatus
+from app.db.session import Database
+from app.services.jobs import registry
+from app.services.mailer import Mailer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a running job gets besides its payload."""
+
+    job_id: uuid.UUID
+    attempt: int
+    request_id: str | None
+    db: Database
+    settings: Settings
+    mailer: Mailer
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: uuid.UUID
+    name: str
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    request_id: str | None
+
+
+def abandoned(now: datetime) -> ColumnElement[bool]:
+    return and_(Job.status == JobStatus.RUNNING, Job.locked_until < now)
+
+
+def due(now: datetime) -> ColumnElement[bool]:
+    ready = and_(Job.status.in_((JobStatus.QUEUED, JobStatus.FAILED)), Job.run_at <= now)
+    return and_(or_(ready, abandoned(now)), Job.attempts < Job.max_attempts)
+
+
+async def has_work(db: Database) -> bool:
+    """A cheap autocommit check, so an idle poll never takes a write lock."""
+    now = utcnow()
+    async with db.read_sessionmaker() as session:
+        return bool(await session.scalar(select(exists().where(or_(due(now), abandoned(now))))))
+
+
+async def claim(
+    db: Database, *, worker: str, limit: int, lease: timedelta, job_id: uuid.UUID | None = None
+) -> list[ClaimedJob]:
+    """Take up to `limit` due jobs (or the one given) for `worker`, each with a lease."""
+    now = utcnow()
+    candidates = select(Job.id).where(due(now)).order_by(Job.run_at).limit(limit)
+    if job_id is not None:
+        candidates = candidates.where(Job.id == job_id)
+    async with db.transaction() as session:
+        rows = await session.execute(
+            update(Job)
+            .where(Job.id.in_(candidates.with_for_update(skip_locked=True).scalar_subquery()))
+            .values(
+                status=JobStatus.RUNNING,
+                attempts=Job.attempts + 1,
+                locked_by=worker,
+                locked_until=now + lease,
+                updated_at=now,
+            )
+            .returning(
+                Job.id, Job.name, Job.payload, Job.attempts, Job.max_attempts, Job.request_id
+            )
+        )
+        claimed = [ClaimedJob(*row) for row in rows]
+        session.add_all(
+            JobRun(job_id=job.id, attempt=job.attempts, worker=worker, started_at=now)
+            for job in claimed
+        )
+    return claimed
+
+
+async def execute(
+    job: ClaimedJob, *, worker: str, db: Database, settings: Settings, mailer: Mailer
+) -> None:
+    """Run one claimed job and record how it ended. Never raises but for cancellation."""
+    definition = registry.get(job.name)
+    ctx = JobContext(job.id, job.attempts, job.request_id, db, settings, mailer)
+    log = {
+        "job_id": str(job.id),
+        "job": job.name,
+        "attempt": job.attempts,
+        "request_id": job.request_id,
+    }
+    try:
+        if definition is None:
+            raise LookupError(f"no job named {job.name!r} is registered")
+        # Finish well inside the lease, or another process would take the job over.
+        async with asyncio.timeout(settings.job_lease_seconds / 2):
+            await definition.run(ctx, **job.payload)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        dead = job.attempts >= job.max_attempts or definition is None
+        logger.warning(
+            "job %s failed%s", job.name, " for good" if dead else "", extra=log, exc_info=exc
+        )
+        await settle(
+            db,
+            job,
+            worker=worker,
+            outcome=JobStatus.DEAD if dead else JobStatus.FAILED,
+            error=error,
+            retry_in=None if dead else backoff(job.attempts, settings),
+        )
+    else:
+        logger.info("job %s succeeded", job.name, extra=log)
+        await settle(db, job, worker=worker, outcome=JobStatus.SUCCEEDED)
+
+
+def backoff(attempt: int, settings: Settings) -> timedelta:
+    """Exponential backoff with jitter, so retries of many failed jobs do not arrive together."""
+    ceiling = min(
+        settings.job_retry_base_seconds * 2 ** (attempt - 1), settings.job_retry_max_seconds
+    )
+    return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+
+
+async def settle(
+    db: Database,
+    job: ClaimedJob,
+    *,
+    worker: str,
+    outcome: JobStatus,
+    error: str | None = None,
+    retry_in: timedelta | None = None,
+) -> None:
+    """Record the outcome, unless the lease was lost to another worker meanwhile."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": outcome,
+        "locked_by": None,
+        "locked_until": None,
+        "updated_at": now,
+    }
+    if error is not None:
+        values["last_error"] = error
+    if retry_in is not None:
+        values |= {"run_at": now + retry_in, "published_at": None}
+    async with db.transaction() as session:
+        await session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.locked_by == worker, Job.status == JobStatus.RUNNING)
+            .values(**values)
+        )
+        await _finish_run(session, job, worker=worker, outcome=outcome.value, error=error, now=now)
+
+
+async def release(db: Database, job: ClaimedJob, *, worker: str) -> None:
+    """Hand an interrupted job back to the queue; the attempt it did not finish is not counted."""
+    now = utcnow()
+    async with db.transaction() as session:
+        await session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.locked_by == worker, Job.status == JobStatus.RUNNING)
+            .values(
+                status=JobStatus.QUEUED,
+                attempts=Job.attempts - 1,
+                locked_by=None,
+                locked_until=None,
+                published_at=None,
+                updated_at=now,
+            )
+        )
+        await _finish_run(session, job, worker=worker, outcome="interrupted", error=None, now=now)
+
+
+async def _finish_run(
+    session: AsyncSession,
+    job: ClaimedJob,
+    *,
+    worker: str,
+    outcome: str,
+    error: str | None,
+    now: datetime,
+) -> None:
+    await session.execute(
+        update(JobRun)
+        .where(JobRun.job_id == job.id, JobRun.attempt == job.attempts, JobRun.worker == worker)
+        .values(finished_at=now, outcome=outcome, error=error)
+    )
+
+
+async def bury_abandoned(db: Database) -> None:
+    """Jobs whose last allowed attempt lost its lease (the process died) are dead."""
+    now = utcnow()
+    async with db.transaction() as session:
+        await session.execute(
+            update(Job)
+            .where(
+                Job.status == JobStatus.RUNNING,
+                Job.locked_until < now,
+                Job.attempts >= Job.max_attempts,
+            )
+            .values(
+                status=JobStatus.DEAD,
+                last_error="the worker running the last attempt stopped answering",
+                locked_by=None,
+                locked_until=None,
+                updated_at=now,
+            )
+        )
+
+
+async def run_one(
+    job_id: uuid.UUID, *, worker: str, db: Database, settings: Settings, mailer: Mailer
+) -> bool:
+    """Claim and run one job by id (a Celery delivery); False when it is not ours to run.
+
+    A duplicate delivery, or one for a job that is running elsewhere or already done, finds
+    nothing to claim and does nothing.
+    """
+    lease = timedelta(seconds=settings.job_lease_seconds)
+    claimed = await claim(db, worker=worker, limit=1, lease=lease, job_id=job_id)
+    for job in claimed:
+        await execute(job, worker=worker, db=db, settings=settings, mailer=mailer)
+    return bool(claimed)

@@ -1,0 +1,101 @@
+"""Durable jobs: definitions, enqueueing in the caller's transaction, and operator actions.
+
+A job names a registered function and carries ids, never objects. Enqueueing is an INSERT in
+the caller's session: a rolled-back transaction enqueues nothing, a committed one cannot lose
+its job. Database.transaction() wakes whoever runs jobs in this process after such a commit.
+"""
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core import context
+from app.core.errors import JobNotRetryable, NotFound
+from app.db.base import utcnow
+from app.db.models import Job, JobStatus
+from app.db.session import JOBS_ENQUEUED
+
+
+@dataclass(frozen=True)
+class JobDefinition:
+    name: str
+    run: Callable[..., Awaitable[None]]
+    max_attempts: int = 8
+
+
+@dataclass
+class Registry:
+    definitions: dict[str, JobDefinition] = field(default_factory=dict)
+
+    def job(
+        self, *, max_attempts: int = 8
+    ) -> Callable[[Callable[..., Awaitable[None]]], JobDefinition]:
+        """Register an async function `(ctx: JobContext, **payload)` as a job."""
+
+        def register(run: Callable[..., Awaitable[None]]) -> JobDefinition:
+            definition = JobDefinition(run.__name__, run, max_attempts)
+            if definition.name in self.definitions:
+                raise ValueError(f"job {definition.name!r} is registered twice")
+            self.definitions[definition.name] = definition
+            return definition
+
+        return register
+
+    def get(self, name: str) -> JobDefinition | None:
+        return self.definitions.get(name)
+
+
+registry = Registry()
+
+
+async def enqueue(session: AsyncSession, definition: JobDefinition, **payload: Any) -> Job:
+    """Add a job to the caller's transaction; it runs once that transaction commits."""
+    job = Job(
+        name=definition.name,
+        payload=payload,
+        max_attempts=definition.max_attempts,
+        request_id=context.request_id.get(),
+    )
+    session.add(job)
+    session.info[JOBS_ENQUEUED] = True
+    return job
+
+
+async def list_page(
+    session: AsyncSession, *, status: JobStatus | None, limit: int, offset: int
+) -> tuple[list[Job], int]:
+    query = select(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    jobs = await session.scalars(
+        query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    )
+    return list(jobs), total or 0
+
+
+async def get(session: AsyncSession, job_id: uuid.UUID) -> Job:
+    job = await session.get(Job, job_id)
+    if job is None:
+        raise NotFound("Job not found")
+    return job
+
+
+async def retry(session: AsyncSession, job_id: uuid.UUID) -> Job:
+    """Queue a failed or dead job to run now, with a fresh set of attempts."""
+    job = await session.get(Job, job_id, with_for_update=True)
+    if job is None:
+        raise NotFound("Job not found")
+    if job.status not in (JobStatus.FAILED, JobStatus.DEAD):
+        raise JobNotRetryable(f"Only failed or dead jobs can be retried; this one is {job.status}")
+    job.status = JobStatus.QUEUED
+    job.attempts = 0
+    job.run_at = utcnow()
+    job.published_at = None
+    session.info[JOBS_ENQUEUED] = True
+    await session.flush()
+    return job

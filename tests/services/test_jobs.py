@@ -1,0 +1,247 @@
+"""The outbox and the embedded dispatcher, on each backend."""
+
+import asyncio
+import uuid
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import delete, func, select, update
+
+from app.core.config import Settings
+from app.db.base import utcnow
+from app.db.models import Job, JobRun, JobStatus
+from app.db.session import Database, create_engine
+from app.services import job_runner, jobs
+from app.services.dispatcher import Dispatcher
+from app.services.job_runner import JobContext
+from app.services.mailer import Mailer
+from tests.jobs import wait_for_job
+
+# Jobs that exist for these tests only.
+runs: Counter[str] = Counter()
+gate = asyncio.Event()
+active = {"now": 0, "most": 0}
+
+
+@jobs.registry.job(max_attempts=3)
+async def record_run(ctx: JobContext, *, key: str) -> None:
+    runs[key] += 1
+
+
+@jobs.registry.job(max_attempts=3)
+async def always_fail(ctx: JobContext) -> None:
+    raise RuntimeError("this job always fails")
+
+
+@jobs.registry.job(max_attempts=3)
+async def wait_for_gate(ctx: JobContext, *, key: str) -> None:
+    active["now"] += 1
+    active["most"] = max(active["most"], active["now"])
+    try:
+        await gate.wait()
+        runs[key] += 1
+    finally:
+        active["now"] -= 1
+
+
+@pytest.fixture(autouse=True)
+def _reset_test_jobs() -> None:
+    runs.clear()
+    gate.clear()
+    active.update(now=0, most=0)
+
+
+async def enqueue(db: Database, definition: jobs.JobDefinition, **payload: str) -> uuid.UUID:
+    async with db.transaction() as session:
+        job = await jobs.enqueue(session, definition, **payload)
+    return job.id
+
+
+async def test_a_committed_job_runs(app: FastAPI) -> None:
+    job_id = await enqueue(app.state.db, record_run, key="committed")
+    job = await wait_for_job(app.state.db, job_id, JobStatus.SUCCEEDED)
+    assert runs["committed"] == 1
+    assert job.attempts == 1
+    assert job.locked_by is None
+
+
+async def test_a_rolled_back_job_never_exists(app: FastAPI) -> None:
+    db: Database = app.state.db
+
+    async def fail_after_enqueueing() -> None:
+        async with db.transaction() as session:
+            await jobs.enqueue(session, record_run, key="rolled-back")
+            await session.flush()
+            raise RuntimeError("the request failed after enqueueing")
+
+    with pytest.raises(RuntimeError):
+        await fail_after_enqueueing()
+    async with db.read_sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(Job)) == 0
+    assert runs["rolled-back"] == 0
+
+
+async def test_the_dispatcher_is_woken_by_the_commit_not_by_polling(
+    database_url: str, tmp_path: object, settings: Settings
+) -> None:
+    """With a one-minute poll, only the after-commit wake can make the job run promptly."""
+    from app.main import create_app
+
+    slow_poll = settings.model_copy(update={"job_poll_seconds": 60.0})
+    app = await asyncio.to_thread(create_app, slow_poll)  # building an app is sync work
+    async with app.router.lifespan_context(app):
+        job_id = await enqueue(app.state.db, record_run, key="woken")
+        async with asyncio.timeout(5):
+            await wait_for_job(app.state.db, job_id, JobStatus.SUCCEEDED)
+        await app.state.jobs.stop()
+        async with app.state.db.transaction() as session:
+            await session.execute(delete(Job))
+
+
+async def test_a_failing_job_is_retried_then_dead_with_its_error(app: FastAPI) -> None:
+    job_id = await enqueue(app.state.db, always_fail)
+    job = await wait_for_job(app.state.db, job_id, JobStatus.DEAD)
+    assert job.attempts == 3
+    assert job.last_error == "RuntimeError: this job always fails"
+    async with app.state.db.read_sessionmaker() as session:
+        outcomes = list(await session.scalars(select(JobRun.outcome).order_by(JobRun.attempt)))
+    assert outcomes == ["failed", "failed", "dead"]
+
+
+async def test_an_unknown_job_name_goes_dead_at_once(app: FastAPI) -> None:
+    async with app.state.db.transaction() as session:
+        job = Job(name="no_such_job", payload={}, max_attempts=5)
+        session.add(job)
+    done = await wait_for_job(app.state.db, job.id, JobStatus.DEAD)
+    assert done.attempts == 1
+    assert "no job named 'no_such_job'" in (done.last_error or "")
+
+
+async def test_backoff_grows_exponentially_with_jitter(settings: Settings) -> None:
+    base = settings.model_copy(update={"job_retry_base_seconds": 1, "job_retry_max_seconds": 60})
+    delays = [job_runner.backoff(attempt, base).total_seconds() for attempt in (1, 2, 3, 4)]
+    for attempt, delay in enumerate(delays, start=1):
+        ceiling = 2 ** (attempt - 1)
+        assert ceiling / 2 <= delay <= ceiling
+    assert job_runner.backoff(20, base).total_seconds() <= 60
+
+
+async def test_a_job_whose_lease_expired_runs_again(app: FastAPI) -> None:
+    """A process that died mid-job leaves a running row behind; its lease runs out."""
+    db: Database = app.state.db
+    await app.state.jobs.stop()  # claim by hand, as a process that then dies
+    job_id = await enqueue(db, record_run, key="crashed")
+    [claimed] = await job_runner.claim(
+        db, worker="crashed-worker", limit=1, lease=timedelta(seconds=30)
+    )
+    async with db.transaction() as session:
+        await session.execute(
+            update(Job).where(Job.id == job_id).values(locked_until=utcnow() - timedelta(seconds=1))
+        )
+    survivor = Dispatcher(db, app.state.settings, Mailer(app.state.settings))
+    survivor.start()
+    try:
+        job = await wait_for_job(db, job_id, JobStatus.SUCCEEDED)
+    finally:
+        await survivor.stop()
+    assert claimed.id == job_id
+    assert job.attempts == 2
+    assert runs["crashed"] == 1
+    async with db.read_sessionmaker() as session:
+        workers = list(await session.scalars(select(JobRun.worker).order_by(JobRun.attempt)))
+    assert workers == ["crashed-worker", survivor.worker]
+
+
+async def test_an_abandoned_last_attempt_is_dead(app: FastAPI) -> None:
+    db: Database = app.state.db
+    await app.state.jobs.stop()
+    job_id = await enqueue(db, record_run, key="abandoned")
+    async with db.transaction() as session:
+        await session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status=JobStatus.RUNNING,
+                attempts=3,
+                locked_by="gone",
+                locked_until=utcnow() - timedelta(seconds=1),
+            )
+        )
+    await job_runner.bury_abandoned(db)
+    async with db.read_sessionmaker() as session:
+        job = await session.get(Job, job_id)
+    assert job is not None
+    assert job.status == JobStatus.DEAD
+    assert runs["abandoned"] == 0
+
+
+async def test_running_jobs_never_exceed_the_concurrency_limit(app: FastAPI) -> None:
+    limit = app.state.settings.job_concurrency
+    ids = [await enqueue(app.state.db, wait_for_gate, key=f"gate-{n}") for n in range(limit + 4)]
+    async with asyncio.timeout(10):
+        while active["now"] < limit:
+            await asyncio.sleep(0.02)
+    assert active["most"] == limit
+    gate.set()
+    for job_id in ids:
+        await wait_for_job(app.state.db, job_id, JobStatus.SUCCEEDED)
+    assert active["most"] == limit
+
+
+async def test_stopping_returns_unfinished_jobs_to_the_queue(app: FastAPI) -> None:
+    db: Database = app.state.db
+    settings = app.state.settings.model_copy(update={"job_shutdown_grace_seconds": 0.1})
+    await app.state.jobs.stop()
+    dispatcher = Dispatcher(db, settings, Mailer(settings))
+    dispatcher.start()
+    job_id = await enqueue(db, wait_for_gate, key="interrupted")
+    dispatcher.wake()
+    await wait_for_job(db, job_id, JobStatus.RUNNING)
+    await dispatcher.stop()
+    async with db.read_sessionmaker() as session:
+        job = await session.get(Job, job_id)
+        run = await session.scalar(select(JobRun).where(JobRun.job_id == job_id))
+    assert job is not None
+    assert (job.status, job.attempts, job.locked_by) == (JobStatus.QUEUED, 0, None)
+    assert run is not None
+    assert run.outcome == "interrupted"
+
+
+async def test_two_dispatchers_never_run_the_same_job(app: FastAPI, settings: Settings) -> None:
+    """Two processes' dispatchers on one database, each with its own engine."""
+    await app.state.jobs.stop()
+    keys = [f"shared-{n}" for n in range(60)]
+    for key in keys:
+        await enqueue(app.state.db, record_run, key=key)
+    other_db = Database(create_engine(settings))
+    first = Dispatcher(app.state.db, settings, Mailer(settings))
+    second = Dispatcher(other_db, settings, Mailer(settings))
+    first.start()
+    second.start()
+    try:
+        async with asyncio.timeout(20):
+            while sum(runs.values()) < len(keys):
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # a double run would show up by now
+    finally:
+        await first.stop()
+        await second.stop()
+        await other_db.dispose()
+    assert all(runs[key] == 1 for key in keys), runs
+    async with app.state.db.read_sessionmaker() as session:
+        workers = set(await session.scalars(select(JobRun.worker)))
+        run_count = await session.scalar(select(func.count()).select_from(JobRun))
+    assert run_count == len(keys)
+    assert workers <= {first.worker, second.worker}
+
+
+async def test_retry_requeues_a_dead_job_with_fresh_attempts(app: FastAPI) -> None:
+    job_id = await enqueue(app.state.db, always_fail)
+    await wait_for_job(app.state.db, job_id, JobStatus.DEAD)
+    async with app.state.db.transaction() as session:
+        job = await jobs.retry(session, job_id)
+        assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)
+    job = await wait_for_job(app.state.db, job_id, JobStatus.DEAD)
+    assert job.attempts == 3

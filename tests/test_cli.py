@@ -1,0 +1,318 @@
+"""`python -m app` as an operator runs it: a real process with its own environment."""
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.core.config import Settings
+from app.core.security import password_hash
+
+ROOT = Path(__file__).parents[1]
+ADMIN_PASSWORD = "admin password 123"
+UNREACHABLE_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:1/x"
+TIMEOUT_S = 60
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "app.db"
+
+
+@pytest.fixture
+def env(tmp_path: Path, db_path: Path) -> dict[str, str]:
+    """The caller's environment without any app setting, pointed at a fresh SQLite file."""
+    app_variables = {name.upper() for name in Settings.model_fields}
+    clean = {name: value for name, value in os.environ.items() if name not in app_variables}
+    return clean | {
+        "DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
+        "DATA_DIR": str(tmp_path / "data"),
+        # The project on the import path, so the working directory (and any .env in the
+        # project) can be the test's own.
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def run(
+    env: dict[str, str], cwd: Path, *args: str, **overrides: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        env=env | overrides,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+
+
+def create_superuser(
+    env: dict[str, str],
+    cwd: Path,
+    email: str = "admin@example.com",
+    password: str = ADMIN_PASSWORD,
+    **overrides: str,
+) -> subprocess.CompletedProcess[str]:
+    overrides["SUPERUSER_PASSWORD"] = password
+    return run(env, cwd, "createsuperuser", "--email", email, **overrides)
+
+
+def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def tables(db_path: Path) -> set[str]:
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {name for (name,) in rows}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def migrated(env: dict[str, str], cwd: Path) -> None:
+    result = run(env, cwd, "migrate")
+    assert result.returncode == 0, result.stderr
+
+
+# --- migrate ------------------------------------------------------------------------------
+
+
+def test_migrate_creates_the_tables_on_a_fresh_sqlite_file(
+    env: dict[str, str], tmp_path: Path, db_path: Path
+) -> None:
+    result = run(env, tmp_path, "migrate")
+    assert result.returncode == 0, result.stderr
+    assert {"alembic_version", "users", "refresh_tokens", "idempotency_keys"} <= tables(db_path)
+
+
+def test_migrate_twice_is_a_no_op(env: dict[str, str], tmp_path: Path, db_path: Path) -> None:
+    migrated(env, tmp_path)
+    before = tables(db_path)
+    result = run(env, tmp_path, "migrate")
+    assert result.returncode == 0, result.stderr
+    assert tables(db_path) == before
+
+
+def test_migrate_with_an_unreachable_database_is_one_error_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    result = run(env, tmp_path, "migrate", DATABASE_URL=UNREACHABLE_POSTGRES)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == error_lines(result)
+    assert len(error_lines(result)) == 1
+
+
+# --- serve refuses to start ----------------------------------------------------------------
+
+
+def test_serve_refuses_an_unmigrated_database(env: dict[str, str], tmp_path: Path) -> None:
+    result = run(env, tmp_path, "serve", "--port", str(free_port()))
+    assert result.returncode == 1
+    [line] = error_lines(result)
+    assert "python -m app migrate" in line
+
+
+def test_serve_refusing_an_unmigrated_database_prints_only_the_error_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    result = run(env, tmp_path, "serve", "--port", str(free_port()))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == error_lines(result)
+
+
+def test_serve_refuses_a_sync_driver_url_in_one_line(env: dict[str, str], tmp_path: Path) -> None:
+    result = run(env, tmp_path, "serve", DATABASE_URL="postgresql://postgres@127.0.0.1/app")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == error_lines(result)
+    [line] = error_lines(result)
+    assert "DATABASE_URL" in line
+
+
+def test_serve_refuses_an_unreachable_database_in_one_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    result = run(env, tmp_path, "serve", DATABASE_URL=UNREACHABLE_POSTGRES)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == error_lines(result)
+    [line] = error_lines(result)
+    assert line.startswith("error: cannot reach the database")
+
+
+def test_serve_hides_the_database_password_when_it_cannot_connect(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    url = "postgresql+asyncpg://postgres:hunter2secret@127.0.0.1:1/x"
+    result = run(env, tmp_path, "serve", DATABASE_URL=url)
+    assert result.returncode == 1
+    assert "cannot reach the database" in result.stderr
+    assert "hunter2secret" not in result.stderr
+
+
+def test_serve_refuses_a_too_short_first_superuser_password_in_one_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    migrated(env, tmp_path)
+    result = run(
+        env,
+        tmp_path,
+        "serve",
+        "--port",
+        str(free_port()),
+        FIRST_SUPERUSER_EMAIL="root@example.com",
+        FIRST_SUPERUSER_PASSWORD="short",
+    )
+    assert result.returncode == 1
+    [line] = error_lines(result)
+    assert "FIRST_SUPERUSER_PASSWORD" in line
+
+
+# --- createsuperuser ------------------------------------------------------------------------
+
+
+def stored_superuser(db_path: Path, email: str) -> tuple[int, int, str] | None:
+    with sqlite3.connect(db_path) as conn:
+        row: tuple[int, int, str] | None = conn.execute(
+            "SELECT is_superuser, is_verified, hashed_password FROM users WHERE email = ?",
+            (email,),
+        ).fetchone()
+    return row
+
+
+def test_createsuperuser_creates_a_verified_superuser(
+    env: dict[str, str], tmp_path: Path, db_path: Path
+) -> None:
+    migrated(env, tmp_path)
+    result = create_superuser(env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "admin@example.com" in result.stdout
+    stored = stored_superuser(db_path, "admin@example.com")
+    assert stored is not None
+    is_superuser, is_verified, hashed = stored
+    assert (is_superuser, is_verified) == (1, 1)
+    assert password_hash.verify(ADMIN_PASSWORD, hashed)
+
+
+@pytest.mark.parametrize("email", ["admin@example.com", "ADMIN@Example.com"])
+def test_createsuperuser_refuses_a_taken_email(
+    env: dict[str, str], tmp_path: Path, db_path: Path, email: str
+) -> None:
+    migrated(env, tmp_path)
+    first = create_superuser(env, tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = create_superuser(env, tmp_path, email, password="x" * 12)
+    assert again.returncode == 1
+    assert len(error_lines(again)) == 1
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone() == (1,)
+
+
+def test_createsuperuser_refuses_an_invalid_email(
+    env: dict[str, str], tmp_path: Path, db_path: Path
+) -> None:
+    migrated(env, tmp_path)
+    result = create_superuser(env, tmp_path, "not-an-email")
+    assert result.returncode == 1
+    [line] = error_lines(result)
+    assert "email" in line
+    assert stored_superuser(db_path, "not-an-email") is None
+
+
+def test_createsuperuser_refuses_a_short_password(
+    env: dict[str, str], tmp_path: Path, db_path: Path
+) -> None:
+    migrated(env, tmp_path)
+    result = create_superuser(env, tmp_path, password="short")
+    assert result.returncode == 1
+    [line] = error_lines(result)
+    assert "password" in line
+    assert stored_superuser(db_path, "admin@example.com") is None
+
+
+def test_createsuperuser_on_an_unmigrated_database_is_one_error_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    result = create_superuser(env, tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == error_lines(result)
+    assert len(error_lines(result)) == 1
+
+
+def test_createsuperuser_with_an_unreachable_database_is_one_error_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    result = create_superuser(env, tmp_path, DATABASE_URL=UNREACHABLE_POSTGRES)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == error_lines(result)
+    assert len(error_lines(result)) == 1
+
+
+# --- serve serves ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def server(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`serve` on a migrated database, with its output in files (a full pipe would stall it)."""
+    migrated(env, tmp_path)
+    port = free_port()
+    with (tmp_path / "serve.log").open("w+") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            yield process, f"http://127.0.0.1:{port}"
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(TIMEOUT_S)
+
+
+def wait_until_live(process: subprocess.Popen[str], base_url: str, log: Path) -> httpx.Response:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"serve exited early:\n{log.read_text()}"
+        try:
+            return httpx.get(f"{base_url}/health/live", timeout=2)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    pytest.fail(f"serve did not answer within 30 s:\n{log.read_text()}")
+
+
+def test_serve_answers_health_live(
+    server: tuple[subprocess.Popen[str], str], tmp_path: Path
+) -> None:
+    process, base_url = server
+    response = wait_until_live(process, base_url, tmp_path / "serve.log")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_serve_shuts_down_cleanly_on_sigterm(
+    server: tuple[subprocess.Popen[str], str], tmp_path: Path
+) -> None:
+    process, base_url = server
+    wait_until_live(process, base_url, tmp_path / "serve.log")
+    process.send_signal(signal.SIGTERM)
+    # uvicorn re-raises the signal once it has shut down, so the exit status is the signal's.
+    assert process.wait(TIMEOUT_S) in (0, -signal.SIGTERM)
+    log = (tmp_path / "serve.log").read_text()
+    assert "Application shutdown complete" in log
+    assert "Traceback" not in log
