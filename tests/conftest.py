@@ -202,12 +202,15 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     async with app.router.lifespan_context(app):
         yield app
         await app.state.jobs.stop()  # background work must not count as a leak
-        pool = app.state.db.engine.pool
-        checked_out = pool.checkedout()
-        async with app.state.db.transaction() as session:
-            for table in reversed(Base.metadata.sorted_tables):
-                await session.execute(delete(table))
+        checked_out = app.state.db.engine.pool.checkedout()
+        await empty_tables(app)
         assert checked_out == 0, f"{checked_out} connection(s) still checked out after the test"
+
+
+async def empty_tables(app: FastAPI) -> None:
+    async with app.state.db.transaction() as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            await session.execute(delete(table))
 
 
 @pytest.fixture

@@ -316,3 +316,60 @@ def test_serve_shuts_down_cleanly_on_sigterm(
     log = (tmp_path / "serve.log").read_text()
     assert "Application shutdown complete" in log
     assert "Traceback" not in log
+
+
+def insert_dead_job(db_path: Path) -> str:
+    job_id = "5f0c1d2e3a4b4c5d8e9f0a1b2c3d4e5f"
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "INSERT INTO jobs (id, name, payload, status, attempts, max_attempts, last_error,"
+            " run_at, created_at, updated_at) VALUES (?, 'send_welcome_email', '{}', 'dead',"
+            " 8, 8, 'SMTPServerDisconnected: gone', '2026-01-01 00:00:00',"
+            " '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+            (job_id,),
+        )
+    return job_id
+
+
+def test_jobs_list_shows_status_attempts_and_error(
+    env: dict[str, str], tmp_path: Path, db_path: Path
+) -> None:
+    assert run(env, tmp_path, "migrate").returncode == 0
+    insert_dead_job(db_path)
+    result = run(env, tmp_path, "jobs", "list", "--status", "dead")
+    assert result.returncode == 0, result.stderr
+    assert "dead" in result.stdout
+    assert "8/8" in result.stdout
+    assert "SMTPServerDisconnected: gone" in result.stdout
+    assert "1 of 1 job(s)" in result.stdout
+
+
+def test_jobs_retry_queues_a_dead_job_again(
+    env: dict[str, str], tmp_path: Path, db_path: Path
+) -> None:
+    assert run(env, tmp_path, "migrate").returncode == 0
+    job_id = insert_dead_job(db_path)
+    dashed = f"{job_id[:8]}-{job_id[8:12]}-{job_id[12:16]}-{job_id[16:20]}-{job_id[20:]}"
+    result = run(env, tmp_path, "jobs", "retry", dashed)
+    assert result.returncode == 0, result.stderr
+    assert "queued again" in result.stdout
+    with sqlite3.connect(db_path) as conn:
+        status, attempts = conn.execute("SELECT status, attempts FROM jobs").fetchone()
+    assert (status, attempts) == ("queued", 0)
+
+
+def test_jobs_retry_of_an_unknown_job_is_one_error_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    assert run(env, tmp_path, "migrate").returncode == 0
+    result = run(env, tmp_path, "jobs", "retry", "00000000-0000-0000-0000-000000000000")
+    assert result.returncode == 1
+    assert error_lines(result) == ["error: Job not found"]
+
+
+def test_worker_without_a_broker_explains_itself(env: dict[str, str], tmp_path: Path) -> None:
+    result = run(env, tmp_path, "worker")
+    assert result.returncode == 1
+    assert error_lines(result) == [
+        "error: BROKER_URL is empty: jobs run inside the API process, no worker needed"
+    ]

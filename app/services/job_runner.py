@@ -102,12 +102,8 @@ async def execute(
     """Run one claimed job and record how it ended. Never raises but for cancellation."""
     definition = registry.get(job.name)
     ctx = JobContext(job.id, job.attempts, job.request_id, db, settings, mailer)
-    log = {
-        "job_id": str(job.id),
-        "job": job.name,
-        "attempt": job.attempts,
-        "request_id": job.request_id,
-    }
+    # The request id ties the job's log lines to the request that enqueued it.
+    label = f"{job.name} {job.id} attempt {job.attempts} [request {job.request_id or '-'}]"
     try:
         if definition is None:
             raise LookupError(f"no job named {job.name!r} is registered")
@@ -119,9 +115,7 @@ async def execute(
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"[:2000]
         dead = job.attempts >= job.max_attempts or definition is None
-        logger.warning(
-            "job %s failed%s", job.name, " for good" if dead else "", extra=log, exc_info=exc
-        )
+        logger.warning("job %s failed%s: %s", label, " for good" if dead else "", error)
         await settle(
             db,
             job,
@@ -131,7 +125,7 @@ async def execute(
             retry_in=None if dead else backoff(job.attempts, settings),
         )
     else:
-        logger.info("job %s succeeded", job.name, extra=log)
+        logger.info("job %s succeeded", label)
         await settle(db, job, worker=worker, outcome=JobStatus.SUCCEEDED)
 
 

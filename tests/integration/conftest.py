@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from app.core.config import Settings
 from app.main import create_app
 from app.worker import create_celery
-from tests.conftest import IN_CI, SmtpSink
+from tests.conftest import IN_CI, SmtpSink, empty_tables
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKERS = {
@@ -46,7 +46,12 @@ def broker_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def celery_settings(settings: Settings, broker_url: str) -> Settings:
     return settings.model_copy(
-        update={"broker_url": broker_url, "job_lease_seconds": 4.0, "job_poll_seconds": 0.2}
+        update={
+            "broker_url": broker_url,
+            "job_lease_seconds": 4.0,
+            "job_poll_seconds": 0.2,
+            "job_republish_seconds": 3.0,
+        }
     )
 
 
@@ -123,14 +128,8 @@ def worker(celery_settings: Settings, tmp_path: Path) -> Iterator[Worker]:
 @pytest.fixture
 async def celery_app(celery_settings: Settings, smtp: SmtpSink) -> AsyncIterator[FastAPI]:
     """The API in Celery mode: its relay publishes jobs to the broker."""
-    from sqlalchemy import delete
-
-    from app.db.base import Base
-
-    app = create_app(celery_settings)
+    app = await asyncio.to_thread(create_app, celery_settings)
     async with app.router.lifespan_context(app):
         yield app
         await app.state.jobs.stop()
-        async with app.state.db.transaction() as session:
-            for table in reversed(Base.metadata.sorted_tables):
-                await session.execute(delete(table))
+        await empty_tables(app)

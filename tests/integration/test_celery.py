@@ -9,7 +9,9 @@ from sqlalchemy import func, select
 
 from app.core.config import Settings
 from app.db.models import Job, JobRun, JobStatus
-from tests.conftest import PASSWORD, SmtpSink
+from app.main import create_app
+from app.worker import create_celery
+from tests.conftest import PASSWORD, SmtpSink, empty_tables
 from tests.integration.conftest import Worker
 from tests.integration.proxy import TcpProxy
 from tests.jobs import wait_for_job
@@ -89,11 +91,6 @@ async def test_a_broker_that_is_down_at_commit_time_loses_nothing(
     settings: Settings, broker_url: str, worker: Worker, smtp: SmtpSink
 ) -> None:
     """The API reaches the broker through a proxy we cut; the worker reaches it directly."""
-    from sqlalchemy import delete
-
-    from app.db.base import Base
-    from app.main import create_app
-
     proxy = await TcpProxy.to(broker_url)
     api_settings = settings.model_copy(
         update={"broker_url": proxy.url(broker_url), "job_poll_seconds": 0.2}
@@ -116,8 +113,24 @@ async def test_a_broker_that_is_down_at_commit_time_loses_nothing(
             messages = await smtp.wait_for(4)
             assert sorted(m["To"] for m in messages) == sorted(emails)
             await app.state.jobs.stop()
-            async with app.state.db.transaction() as session:
-                for table in reversed(Base.metadata.sorted_tables):
-                    await session.execute(delete(table))
+            await empty_tables(app)
     finally:
         await proxy.close()
+
+
+async def test_a_message_the_broker_lost_is_published_again(
+    celery_app: FastAPI, worker: Worker, smtp: SmtpSink, celery_settings: Settings
+) -> None:
+    """The job row outlives its message: purge the queue, and the relay's sweep republishes."""
+    [email] = await register(celery_app, 1, "lost")
+    [job] = await all_jobs(celery_app)
+    async with asyncio.timeout(5):
+        while (await all_jobs(celery_app))[0].published_at is None:
+            await asyncio.sleep(0.05)
+    purged = await asyncio.to_thread(create_celery(celery_settings).control.purge)
+    assert purged == 1
+    worker.start()
+    [message] = await smtp.wait_for(1)  # after JOB_REPUBLISH_SECONDS
+    assert message["To"] == email
+    done = await wait_for_job(celery_app.state.db, job.id, JobStatus.SUCCEEDED)
+    assert done.attempts == 1

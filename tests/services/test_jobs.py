@@ -7,16 +7,18 @@ from datetime import timedelta
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 
 from app.core.config import Settings
 from app.db.base import utcnow
 from app.db.models import Job, JobRun, JobStatus
 from app.db.session import Database, create_engine
+from app.main import create_app
 from app.services import job_runner, jobs
 from app.services.dispatcher import Dispatcher
 from app.services.job_runner import JobContext
 from app.services.mailer import Mailer
+from tests.conftest import empty_tables
 from tests.jobs import wait_for_job
 
 # Jobs that exist for these tests only.
@@ -87,8 +89,6 @@ async def test_the_dispatcher_is_woken_by_the_commit_not_by_polling(
     database_url: str, tmp_path: object, settings: Settings
 ) -> None:
     """With a one-minute poll, only the after-commit wake can make the job run promptly."""
-    from app.main import create_app
-
     slow_poll = settings.model_copy(update={"job_poll_seconds": 60.0})
     app = await asyncio.to_thread(create_app, slow_poll)  # building an app is sync work
     async with app.router.lifespan_context(app):
@@ -96,8 +96,7 @@ async def test_the_dispatcher_is_woken_by_the_commit_not_by_polling(
         async with asyncio.timeout(5):
             await wait_for_job(app.state.db, job_id, JobStatus.SUCCEEDED)
         await app.state.jobs.stop()
-        async with app.state.db.transaction() as session:
-            await session.execute(delete(Job))
+        await empty_tables(app)
 
 
 async def test_a_failing_job_is_retried_then_dead_with_its_error(app: FastAPI) -> None:
