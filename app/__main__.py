@@ -7,12 +7,14 @@ import getpass
 import logging
 import os
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from app.core.config import ConfigError, Settings, load_settings
 from app.core.errors import AppError
+from app.core.logging import configure_logging
 
 if TYPE_CHECKING:
     from app.db.session import Database
@@ -40,6 +42,9 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
             pass
 
     asyncio.run(check())
+    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Worker processes write their metric samples here; /metrics adds them up.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="accounts-metrics-")
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -47,7 +52,10 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         port=args.port or settings.port,
         workers=args.workers,
         log_level=settings.log_level.lower(),
+        log_config=None,  # our logging setup renders uvicorn's lines too
+        access_log=False,  # the app writes its own access line, with the request id
         proxy_headers=True,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
 
 
@@ -181,12 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=jobs_command)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # Alembic narrates at INFO; only a migration's own steps are worth showing.
-    logging.getLogger("alembic").setLevel(logging.INFO if args.run is migrate else logging.WARNING)
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
-        args.run(load_settings(), args)
+        settings = load_settings()
+        configure_logging(level=settings.log_level, json=settings.log_json)
+        # Alembic narrates at INFO; only a migration's own steps are worth showing.
+        alembic_level = logging.INFO if args.run is migrate else logging.WARNING
+        logging.getLogger("alembic").setLevel(alembic_level)
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+        args.run(settings, args)
     except (ConfigError, AppError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

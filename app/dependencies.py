@@ -4,14 +4,17 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import OAuth2PasswordBearer
+from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.core.errors import Forbidden
 from app.db.models import User
 from app.db.session import Database
+from app.schemas.auth import ForgotPasswordRequest
+from app.schemas.users import UserCreate
 from app.services import auth
+from app.services.rate_limits import Action, RateLimits
 
 
 async def get_settings(request: Request) -> Settings:
@@ -69,3 +72,37 @@ async def get_read_session(db: DatabaseDep) -> AsyncIterator[AsyncSession]:
 
 
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
+
+
+# --- rate limits: each alias is the validated body or form, once it is within its limit --------
+# The limit runs as the body's own dependency, before the session opens: a refused request
+# costs no connection, and the body is validated once.
+
+
+async def _check(request: Request, action: Action, email: str) -> None:
+    rate_limits: RateLimits = request.app.state.rate_limits
+    # Behind a proxy, uvicorn's proxy_headers has already put the real client here.
+    client = request.client.host if request.client else "unknown"
+    await rate_limits.check(action, client=client, email=email)
+
+
+async def limit_register(data: UserCreate, request: Request) -> UserCreate:
+    await _check(request, "register", data.email)
+    return data
+
+
+async def limit_token(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request
+) -> OAuth2PasswordRequestForm:
+    await _check(request, "token", form.username)
+    return form
+
+
+async def limit_forgot(data: ForgotPasswordRequest, request: Request) -> ForgotPasswordRequest:
+    await _check(request, "forgot", data.email)
+    return data
+
+
+LimitedRegistration = Annotated[UserCreate, Depends(limit_register)]
+LimitedLoginForm = Annotated[OAuth2PasswordRequestForm, Depends(limit_token)]
+LimitedForgotPassword = Annotated[ForgotPasswordRequest, Depends(limit_forgot)]

@@ -8,17 +8,23 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
+from app.admin import mount_admin
+from app.api import metrics as metrics_route
+from app.api.docs import mount_docs
 from app.api.v1 import health
 from app.api.v1 import router as api_v1_router
+from app.core import metrics
 from app.core.config import Settings, load_settings
 from app.core.errors import AppError, DatabaseUnavailable
+from app.core.logging import configure_logging
 from app.db.errors import is_unavailable
 from app.db.session import Database, create_engine
-from app.middleware import RequestIdMiddleware
+from app.middleware import RequestIdMiddleware, RequestMetricsMiddleware
 from app.pages import routes as pages
 from app.services import startup
 from app.services.dispatcher import Dispatcher
 from app.services.mailer import Mailer
+from app.services.rate_limits import RateLimits
 from app.services.relay import Relay
 
 logger = logging.getLogger(__name__)
@@ -26,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    configure_logging(level=settings.log_level, json=settings.log_json)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,18 +47,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await runner.stop()
             await db.dispose()
+            await app.state.rate_limits.close()
 
     app = FastAPI(
         title="Accounts service",
         version="1.0.0",
         summary="User accounts with durable background work.",
         lifespan=lifespan,
+        docs_url=None,  # mount_docs serves the pages with local assets
+        redoc_url=None,
     )
+    mount_docs(app)
     app.state.settings = settings
     app.state.db = Database(create_engine(settings))
+    app.state.rate_limits = RateLimits(settings)
+    metrics.track_pool(app.state.db.engine)
+    app.state.head_revision = startup.head_revision()  # read the migration files once
     app.include_router(api_v1_router)
     app.include_router(health.router)
     app.include_router(pages.router)
+    mount_admin(app, app.state.db, settings)
+    if settings.metrics_enabled:
+        app.include_router(metrics_route.router)
+    # Added last, so it runs first: the metrics and access log lines see the request id.
+    app.add_middleware(RequestMetricsMiddleware, access_log=settings.access_log)
     app.add_middleware(RequestIdMiddleware)
     _add_error_handlers(app)
     return app
@@ -69,7 +88,7 @@ def _job_runner(db: Database, settings: Settings) -> Dispatcher | Relay:
 def _add_error_handlers(app: FastAPI) -> None:
     async def app_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, AppError)
-        return JSONResponse({"detail": exc.message}, exc.status_code, headers=exc.headers)
+        return JSONResponse({"detail": exc.message}, exc.status_code, headers=exc.response_headers)
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
         if not is_unavailable(exc):

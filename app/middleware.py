@@ -1,18 +1,22 @@
-"""Request ids: taken from X-Request-ID or generated, returned, and kept for logs and jobs."""
+"""Pure ASGI middleware, cheap enough for the hot path: request ids, metrics, access log."""
 
+import logging
 import re
+import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core import context
+from app.core import context, metrics
+
+access_logger = logging.getLogger("app.access")
 
 HEADER = b"x-request-id"
 _ACCEPTABLE = re.compile(rb"^[A-Za-z0-9._:-]{1,100}$")
 
 
 class RequestIdMiddleware:
-    """Pure ASGI, so it costs next to nothing on the hot path."""
+    """Takes X-Request-ID (or makes one), returns it, and keeps it for logs and jobs."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -34,3 +38,49 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             context.request_id.reset(token)
+
+
+class RequestMetricsMiddleware:
+    """Counts and times every request by its route template, and writes the access log line."""
+
+    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless a response starts, the request failed
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            seconds = time.perf_counter() - started
+            metrics.observe_request(scope["method"], route_template(scope), status, seconds)
+            if self.access_log:
+                access_logger.info(
+                    "%s %s %d %.1fms", scope["method"], scope["path"], status, seconds * 1000
+                )
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route as a template ("/api/v1/users/{user_id}"): bounded label values.
+
+    Rebuilt from the path and its parameters, since included routers keep relative paths.
+    """
+    if "route" not in scope:
+        return metrics.UNMATCHED
+    path: str = scope["path"]
+    for name, value in scope.get("path_params", {}).items():
+        head, found, tail = path.rpartition(str(value))
+        if found:
+            path = f"{head}{{{name}}}{tail}"
+    return path

@@ -102,6 +102,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "job_retry_max_seconds": 0.2,
         "job_shutdown_grace_seconds": 2.0,
         "public_base_url": "http://testserver",
+        # The many tests that register and log in would trip the limits; their tests enable them.
+        "rate_limit_enabled": False,
         "_env_file": None,
     }
     return Settings(**(values | overrides))

@@ -1,5 +1,6 @@
 """`python -m app` as an operator runs it: a real process with its own environment."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -263,26 +264,35 @@ def test_createsuperuser_with_an_unreachable_database_is_one_error_line(
 # --- serve serves ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def server(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+@contextlib.contextmanager
+def serving(
+    env: dict[str, str], cwd: Path, *args: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`serve` on a migrated database, with its output in files (a full pipe would stall it)."""
-    migrated(env, tmp_path)
+    migrated(env, cwd)
     port = free_port()
-    with (tmp_path / "serve.log").open("w+") as log:
+    with (cwd / "serve.log").open("w+") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", str(port)],
+            [sys.executable, "-m", "app", "serve", "--port", str(port), *args],
             env=env,
-            cwd=tmp_path,
+            cwd=cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,
         )
         try:
             yield process, f"http://127.0.0.1:{port}"
         finally:
             if process.poll() is None:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
                 process.wait(TIMEOUT_S)
+
+
+@pytest.fixture
+def server(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    with serving(env, tmp_path) as running:
+        yield running
 
 
 def wait_until_live(process: subprocess.Popen[str], base_url: str, log: Path) -> httpx.Response:
@@ -373,3 +383,27 @@ def test_worker_without_a_broker_explains_itself(env: dict[str, str], tmp_path: 
     assert error_lines(result) == [
         "error: BROKER_URL is empty: jobs run inside the API process, no worker needed"
     ]
+
+
+def test_metrics_add_up_across_worker_processes(env: dict[str, str], tmp_path: Path) -> None:
+    """With --workers 2 every scrape reports the requests of both processes, whichever answers."""
+    log = tmp_path / "serve.log"
+    samples = tmp_path / "metrics"
+    samples.mkdir()
+    env = env | {"PROMETHEUS_MULTIPROC_DIR": str(samples)}
+    with serving(env, tmp_path, "--workers", "2") as (process, base_url):
+        wait_until_live(process, base_url, log)
+        deadline = time.monotonic() + 30
+        while log.read_text().count("Application startup complete") < 2:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        expected = 'http_requests_total{method="GET",route="/api/v1/users/me",status="401"} 40.0'
+        # A new connection per request, so the kernel spreads them over both processes.
+        for _ in range(40):
+            assert httpx.get(f"{base_url}/api/v1/users/me").status_code == 401
+        for _ in range(6):
+            response = httpx.get(f"{base_url}/metrics")
+            assert response.status_code == 200
+            assert expected in response.text
+    counter_files = {path.name for path in samples.glob("counter_*.db")}
+    assert len(counter_files) == 2, counter_files  # both processes counted requests

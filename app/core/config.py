@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Literal
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import Field, ValidationError, field_validator, model_validator
+from limits import parse_many
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -26,6 +27,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # On SIGTERM `serve` stops accepting and gives in-flight requests this long to finish;
+    # then running jobs get JOB_SHUTDOWN_GRACE_SECONDS.
+    shutdown_grace_seconds: int = Field(10, ge=0)
     environment: Literal["development", "test", "production"] = "development"
     data_dir: Path = Path("data")
 
@@ -63,11 +67,28 @@ class Settings(BaseSettings):
     verify_token_expire_hours: int = Field(48, ge=1)
     reset_token_expire_minutes: int = Field(60, ge=1)
 
+    # Per client and per email, e.g. "10/minute" or "5/minute;50/day".
+    rate_limit_enabled: bool = True
+    rate_limit_register: str = "10/minute"
+    rate_limit_token: str = "20/minute"
+    rate_limit_forgot: str = "5/minute"
+    # Where the counters live. Empty: the Redis of a redis:// BROKER_URL, else this process.
+    redis_url: str = ""
+
     public_base_url: str = "http://127.0.0.1:8000"
     first_superuser_email: str = ""
     first_superuser_password: str = ""
 
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # Empty: console lines in development, JSON in production.
+    log_format: Literal["", "console", "json"] = ""
+    access_log: bool = True
+    metrics_enabled: bool = True
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level
 
     @field_validator("database_url")
     @classmethod
@@ -87,6 +108,25 @@ class Settings(BaseSettings):
                 f"DATABASE_URL must use the async driver {backend}+{expected}://, "
                 f"got {parsed.drivername}://"
             )
+        return url
+
+    @field_validator("rate_limit_register", "rate_limit_token", "rate_limit_forgot")
+    @classmethod
+    def _parse_rate_limit(cls, value: str, info: ValidationInfo) -> str:
+        name = str(info.field_name).upper()
+        try:
+            items = parse_many(value)
+        except ValueError:
+            raise ConfigError(f"{name} is not a rate limit like 10/minute: {value!r}") from None
+        if any(item.amount < 1 for item in items):
+            raise ConfigError(f"{name} must allow at least 1 request: {value!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _require_redis_scheme(cls, url: str) -> str:
+        if url and not url.startswith(("redis://", "rediss://")):
+            raise ConfigError(f"REDIS_URL must start with redis:// or rediss://, got {url!r}")
         return url
 
     @model_validator(mode="after")
@@ -118,12 +158,25 @@ class Settings(BaseSettings):
         return timedelta(hours=self.idempotency_key_ttl_hours)
 
     @property
+    def log_json(self) -> bool:
+        return self.log_format == "json" or (
+            self.log_format == "" and self.environment == "production"
+        )
+
+    @property
     def mail_dir(self) -> Path:
         return self.data_dir / "mail"
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def rate_limit_redis_url(self) -> str:
+        """REDIS_URL, else a Redis broker's; empty: the counters live in this process."""
+        if self.redis_url:
+            return self.redis_url
+        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else ""
 
     @cached_property
     def signing_key(self) -> str:

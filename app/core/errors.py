@@ -15,6 +15,11 @@ class AppError(Exception):
         self.message = detail or self.detail
         super().__init__(self.message)
 
+    @property
+    def response_headers(self) -> dict[str, str] | None:
+        """The class's headers; a subclass overrides this when one instance knows more."""
+        return self.headers
+
 
 class NotAuthenticated(AppError):
     status_code = 401
@@ -66,6 +71,19 @@ class IdempotencyKeyReused(AppError):
 class IdempotencyKeyInFlight(AppError):
     status_code = 409
     detail = "A request with this Idempotency-Key is still being processed; retry shortly"
+
+
+class TooManyRequests(AppError):
+    status_code = 429
+    detail = "Too many requests; try again later"
+
+    def __init__(self, *, retry_after: int) -> None:
+        super().__init__(f"Too many requests; try again in {retry_after} seconds")
+        self.retry_after = retry_after
+
+    @property
+    def response_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class DatabaseUnavailable(AppError):

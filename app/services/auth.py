@@ -27,11 +27,11 @@ from app.schemas.auth import TokenPair
 from app.services import jobs, tasks
 
 
-async def login(db: Database, *, email: str, password: str, settings: Settings) -> TokenPair:
-    """Check the credentials, then open a session.
+async def check_password(db: Database, *, email: str, password: str) -> tuple[User, str | None]:
+    """The active user these credentials belong to, and a fresh hash if theirs is outdated.
 
-    The lookup and the Argon2 check run outside any transaction; only issuing the tokens
-    writes. An unknown email costs the same Argon2 work as a wrong password.
+    The lookup and the Argon2 check run outside any transaction. An unknown email costs the
+    same Argon2 work as a wrong password, so timing tells nothing about who has an account.
     """
     async with db.read_sessionmaker() as session:
         user = await session.scalar(select(User).where(User.email_matches(email)))
@@ -43,6 +43,12 @@ async def login(db: Database, *, email: str, password: str, settings: Settings) 
         raise InvalidCredentials()
     if not user.is_active:
         raise InactiveUser()
+    return user, upgraded_hash
+
+
+async def login(db: Database, *, email: str, password: str, settings: Settings) -> TokenPair:
+    """Check the credentials, then open a session: only issuing the tokens writes."""
+    user, upgraded_hash = await check_password(db, email=email, password=password)
     async with db.transaction() as session:
         if upgraded_hash is not None:
             await session.execute(

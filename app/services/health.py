@@ -1,22 +1,40 @@
-"""Readiness: can this process serve requests right now?"""
+"""Readiness: can this process serve requests right now? Each part answers "ok" or why not."""
 
 import asyncio
 
-from sqlalchemy import text
+from kombu import Connection
 
+from app.core.config import Settings
 from app.db.session import Database
+from app.services import startup
 
 CHECK_TIMEOUT_S = 2.0
 
 
-async def check_database(db: Database) -> str:
+async def check_readiness(db: Database, settings: Settings, *, head: str | None) -> dict[str, str]:
+    checks = {"database": "ok", "migrations": "ok"}
     try:
-        async with asyncio.timeout(CHECK_TIMEOUT_S), db.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            revision = await startup.current_revision(db)
     except Exception as exc:  # any failure means not ready; the reason goes to the operator
+        checks["database"] = f"failed: {type(exc).__name__}"
+        checks["migrations"] = "unknown"
+    else:
+        if revision != head:
+            checks["migrations"] = f"failed: at {revision or 'none'}, expected {head}"
+    if settings.broker_url:
+        checks["broker"] = await _check_broker(settings.broker_url)
+    return checks
+
+
+async def _check_broker(url: str) -> str:
+    def connect() -> None:
+        with Connection(url, connect_timeout=CHECK_TIMEOUT_S) as connection:
+            connection.ensure_connection(max_retries=1)
+
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S * 2):
+            await asyncio.to_thread(connect)  # kombu is synchronous
+    except Exception as exc:
         return f"failed: {type(exc).__name__}"
     return "ok"
-
-
-async def check_readiness(db: Database) -> dict[str, str]:
-    return {"database": await check_database(db)}

@@ -9,6 +9,7 @@ due again. Every attempt is recorded in job_runs.
 import asyncio
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core import metrics
 from app.core.config import Settings
 from app.db.base import utcnow
 from app.db.models import Job, JobRun, JobStatus
@@ -104,6 +106,7 @@ async def execute(
     ctx = JobContext(job.id, job.attempts, job.request_id, db, settings, mailer)
     # The request id ties the job's log lines to the request that enqueued it.
     label = f"{job.name} {job.id} attempt {job.attempts} [request {job.request_id or '-'}]"
+    started = time.perf_counter()
     try:
         if definition is None:
             raise LookupError(f"no job named {job.name!r} is registered")
@@ -116,16 +119,21 @@ async def execute(
         error = f"{type(exc).__name__}: {exc}"[:2000]
         dead = job.attempts >= job.max_attempts or definition is None
         logger.warning("job %s failed%s: %s", label, " for good" if dead else "", error)
+        outcome = JobStatus.DEAD if dead else JobStatus.FAILED
+        metrics.JOB_SECONDS.labels(job.name, outcome.value).observe(time.perf_counter() - started)
+        if not dead:
+            metrics.JOB_RETRIES.labels(job.name).inc()
         await settle(
             db,
             job,
             worker=worker,
-            outcome=JobStatus.DEAD if dead else JobStatus.FAILED,
+            outcome=outcome,
             error=error,
             retry_in=None if dead else backoff(job.attempts, settings),
         )
     else:
         logger.info("job %s succeeded", label)
+        metrics.JOB_SECONDS.labels(job.name, "succeeded").observe(time.perf_counter() - started)
         await settle(db, job, worker=worker, outcome=JobStatus.SUCCEEDED)
 
 

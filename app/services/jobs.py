@@ -99,3 +99,10 @@ async def retry(session: AsyncSession, job_id: uuid.UUID) -> Job:
     session.info[JOBS_ENQUEUED] = True
     await session.flush()
     return job
+
+
+async def count_by_status(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(select(Job.status, func.count()).group_by(Job.status))
+    counts = {status.value: 0 for status in JobStatus}
+    counts.update({status.value: count for status, count in rows})
+    return counts

@@ -1,10 +1,11 @@
 """Accounts: registration, lookup, profile changes and superusers."""
 
 import uuid
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -149,3 +150,35 @@ async def ensure_superuser(session: AsyncSession, *, email: str, password: str) 
     except EmailTaken:
         return False  # another process created it a moment ago
     return True
+
+
+async def set_active(
+    session: AsyncSession, *, user_ids: Collection[uuid.UUID], active: bool
+) -> list[User]:
+    """Activate or deactivate accounts; deactivating ends every session. The users changed."""
+    changed = await _lock_users(session, user_ids, User.is_active != active)
+    for user in changed:
+        user.is_active = active
+        if not active:
+            await auth.revoke_all_sessions(session, user=user)
+    await session.flush()
+    return changed
+
+
+async def mark_verified(session: AsyncSession, *, user_ids: Collection[uuid.UUID]) -> list[User]:
+    """Mark addresses verified by hand (an operator vouches for them). The users changed."""
+    changed = await _lock_users(session, user_ids, User.is_verified.is_(False))
+    for user in changed:
+        user.is_verified = True
+    await session.flush()
+    return changed
+
+
+async def _lock_users(
+    session: AsyncSession, user_ids: Collection[uuid.UUID], condition: ColumnElement[bool]
+) -> list[User]:
+    # Locked in id order, so two operators acting on overlapping selections cannot deadlock.
+    users = await session.scalars(
+        select(User).where(User.id.in_(user_ids), condition).order_by(User.id).with_for_update()
+    )
+    return list(users)

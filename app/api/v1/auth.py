@@ -1,18 +1,19 @@
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Header, status
 
 from app.db.models import User
-from app.dependencies import CurrentUser, DatabaseDep, SessionDep, SettingsDep
-from app.schemas.auth import (
-    ForgotPasswordRequest,
-    RefreshRequest,
-    ResetPasswordRequest,
-    TokenPair,
-    VerifyRequest,
+from app.dependencies import (
+    CurrentUser,
+    DatabaseDep,
+    LimitedForgotPassword,
+    LimitedLoginForm,
+    LimitedRegistration,
+    SessionDep,
+    SettingsDep,
 )
-from app.schemas.users import UserCreate, UserRead
+from app.schemas.auth import RefreshRequest, ResetPasswordRequest, TokenPair, VerifyRequest
+from app.schemas.users import UserRead
 from app.services import auth, users
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -30,7 +31,7 @@ IdempotencyKey = Annotated[
 
 @router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserRead)
 async def register(
-    data: UserCreate,
+    data: LimitedRegistration,
     session: SessionDep,
     settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
@@ -45,9 +46,7 @@ async def register(
 
 
 @router.post("/token")
-async def token(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], db: DatabaseDep, settings: SettingsDep
-) -> TokenPair:
+async def token(form: LimitedLoginForm, db: DatabaseDep, settings: SettingsDep) -> TokenPair:
     return await auth.login(db, email=form.username, password=form.password, settings=settings)
 
 
@@ -67,7 +66,7 @@ async def verify(data: VerifyRequest, session: SessionDep, settings: SettingsDep
 
 
 @router.post("/forgot-password", status_code=status.HTTP_202_ACCEPTED)
-async def forgot_password(data: ForgotPasswordRequest, session: SessionDep) -> dict[str, str]:
+async def forgot_password(data: LimitedForgotPassword, session: SessionDep) -> dict[str, str]:
     await auth.request_password_reset(session, email=data.email)
     return {"detail": "If an account has this email, a reset link is on its way"}
 

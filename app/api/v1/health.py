@@ -1,7 +1,7 @@
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.dependencies import DatabaseDep
+from app.dependencies import DatabaseDep, SettingsDep
 from app.services import health
 
 router = APIRouter(prefix="/health", tags=["health"])
@@ -9,12 +9,14 @@ router = APIRouter(prefix="/health", tags=["health"])
 
 @router.get("/live")
 async def live() -> dict[str, str]:
+    """The process is up."""
     return {"status": "ok"}
 
 
-@router.get("/ready", responses={503: {"description": "A dependency is not ready"}})
-async def ready(db: DatabaseDep) -> JSONResponse:
-    checks = await health.check_readiness(db)
+@router.get("/ready", responses={503: {"description": "A part is not ready; it is named"}})
+async def ready(request: Request, db: DatabaseDep, settings: SettingsDep) -> JSONResponse:
+    """The database answers and is migrated, and the broker answers when one is configured."""
+    checks = await health.check_readiness(db, settings, head=request.app.state.head_revision)
     ok = all(result == "ok" for result in checks.values())
     return JSONResponse(
         {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503

@@ -1,0 +1,78 @@
+"""Accounts in the admin: find them, deactivate or activate them, vouch for their address.
+
+The password hash and the token version are never shown and never part of a form.
+"""
+
+from sqladmin import Flash, action
+from sqladmin.authentication import get_current_user_id
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.admin.views import DatabaseView
+from app.db.models import User
+from app.services import users
+
+
+class UserAdmin(DatabaseView, model=User):
+    icon = "fa-solid fa-user"
+    column_list = (
+        User.email,
+        User.name,
+        User.is_active,
+        User.is_verified,
+        User.is_superuser,
+        User.created_at,
+    )
+    column_details_list = (User.id, *column_list, User.updated_at)
+    column_searchable_list = (User.email, User.name)
+    column_sortable_list = (User.email, User.name, User.created_at)
+    column_default_sort = (User.created_at, True)
+    # Never in a form, should editing ever be switched on.
+    form_excluded_columns = (User.hashed_password, User.token_version)
+    can_create = False
+    can_edit = False
+    can_delete = False
+    can_export = False
+
+    @action(
+        name="deactivate",
+        label="Deactivate",
+        confirmation_message="Deactivate the selected users and end all their sessions?",
+    )
+    async def deactivate(self, request: Request) -> Response:
+        user_ids = self.selected_ids(request)
+        if not user_ids:
+            return self.back_to_list(request, nothing_selected=True)
+        me = get_current_user_id(request)
+        if any(str(user_id) == me for user_id in user_ids):
+            # An admin who deactivated themselves would be locked out mid-click.
+            Flash.warning(request, "You cannot deactivate your own account.")
+            user_ids = [user_id for user_id in user_ids if str(user_id) != me]
+        async with self.db.transaction() as session:
+            changed = await users.set_active(session, user_ids=user_ids, active=False)
+        Flash.success(request, f"Deactivated {_users(len(changed))}; their sessions are ended.")
+        return self.back_to_list(request)
+
+    @action(name="activate", label="Activate")
+    async def activate(self, request: Request) -> Response:
+        user_ids = self.selected_ids(request)
+        if not user_ids:
+            return self.back_to_list(request, nothing_selected=True)
+        async with self.db.transaction() as session:
+            changed = await users.set_active(session, user_ids=user_ids, active=True)
+        Flash.success(request, f"Activated {_users(len(changed))}.")
+        return self.back_to_list(request)
+
+    @action(name="mark-verified", label="Mark verified")
+    async def mark_verified(self, request: Request) -> Response:
+        user_ids = self.selected_ids(request)
+        if not user_ids:
+            return self.back_to_list(request, nothing_selected=True)
+        async with self.db.transaction() as session:
+            changed = await users.mark_verified(session, user_ids=user_ids)
+        Flash.success(request, f"Marked {_users(len(changed))} verified.")
+        return self.back_to_list(request)
+
+
+def _users(count: int) -> str:
+    return f"{count} user" if count == 1 else f"{count} users"
