@@ -34,13 +34,22 @@ async def _send_link(
     ctx: JobContext,
     user: User,
     *,
+    purpose: str,
+    bound_to: str,
+    ttl: timedelta,
+    path: str,
     template: str,
     subject: str,
-    path: str,
-    token: str,
     **values: Any,
 ) -> None:
-    """Mail the user a link to one of the service's pages, carrying the token."""
+    """Mail the user a signed link to one of the service's pages."""
+    token = security.create_email_token(
+        purpose=purpose,
+        user_id=user.id,
+        bound_to=bound_to,
+        secret=ctx.settings.signing_key,
+        ttl=ttl,
+    )
     link = f"{ctx.settings.public_base_url.rstrip('/')}{path}?{urlencode({'token': token})}"
     text, html = (part.render(name=user.name, link=link, **values) for part in TEMPLATES[template])
     mail = Mail(
@@ -60,20 +69,15 @@ async def send_welcome_email(ctx: JobContext, *, user_id: str) -> None:
     if user is None or user.is_verified:
         return
     hours = ctx.settings.verify_token_expire_hours
-    token = security.create_email_token(
-        purpose=security.VERIFY_EMAIL,
-        user_id=user.id,
-        bound_to=user.email,
-        secret=ctx.settings.signing_key,
-        ttl=timedelta(hours=hours),
-    )
     await _send_link(
         ctx,
         user,
+        purpose=security.VERIFY_EMAIL,
+        bound_to=user.email,
+        ttl=timedelta(hours=hours),
+        path="/verify-email",
         template="welcome",
         subject="Welcome! Please confirm your email address",
-        path="/verify-email",
-        token=token,
         hours=hours,
     )
 
@@ -84,19 +88,14 @@ async def send_password_reset_email(ctx: JobContext, *, user_id: str) -> None:
     if user is None or not user.is_active:
         return
     minutes = ctx.settings.reset_token_expire_minutes
-    token = security.create_email_token(
-        purpose=security.RESET_PASSWORD,
-        user_id=user.id,
-        bound_to=user.hashed_password,
-        secret=ctx.settings.signing_key,
-        ttl=timedelta(minutes=minutes),
-    )
     await _send_link(
         ctx,
         user,
+        purpose=security.RESET_PASSWORD,
+        bound_to=user.hashed_password,  # any password change spends the link
+        ttl=timedelta(minutes=minutes),
+        path="/reset-password",
         template="password_reset",
         subject="Reset your password",
-        path="/reset-password",
-        token=token,
         minutes=minutes,
     )
