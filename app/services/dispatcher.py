@@ -1,7 +1,9 @@
 """The embedded job backend: runs due jobs inside the API process.
 
-Woken at once by a commit that enqueued, and polling every JOB_POLL_SECONDS for retries that
-fall due and for jobs enqueued by other processes. At most JOB_CONCURRENCY jobs run at a time.
+Woken at once by a commit that enqueued and by every job that finishes; polling every
+JOB_POLL_SECONDS for retries that fall due and for jobs enqueued by other processes. At most
+JOB_CONCURRENCY jobs run at a time. Each round is one transaction: it records the outcomes of
+the jobs that finished since the last round and claims as many due jobs as there are free slots.
 """
 
 import asyncio
@@ -30,7 +32,8 @@ class Dispatcher:
         self.mailer = mailer
         self.worker = worker_name("embedded")
         self._wake = asyncio.Event()
-        self._running: dict[asyncio.Task[None], job_runner.ClaimedJob] = {}
+        self._running: dict[asyncio.Task[job_runner.Outcome], job_runner.ClaimedJob] = {}
+        self._finished: list[job_runner.Outcome] = []
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -42,44 +45,69 @@ class Dispatcher:
 
     async def _run(self) -> None:
         lease = timedelta(seconds=self.settings.job_lease_seconds)
+        loop = asyncio.get_running_loop()
+        next_sweep = 0.0
+        woken = True  # look at once when starting
         while not self._stopping:
-            # Cleared before looking, so a wake during the claim is not lost.
+            # Cleared before looking, so a wake during the round is not lost.
             self._wake.clear()
-            free = self.settings.job_concurrency - len(self._running)
-            claimed: list[job_runner.ClaimedJob] = []
-            if free > 0:
-                try:
-                    if await job_runner.has_work(self.db):
-                        await job_runner.bury_abandoned(self.db)
-                        claimed = await job_runner.claim(
-                            self.db, worker=self.worker, limit=free, lease=lease
-                        )
-                except Exception:
-                    logger.exception("could not claim jobs; trying again shortly")
-            for job in claimed:
-                task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
-                self._running[task] = job
-                task.add_done_callback(self._finished)
-            if claimed and len(claimed) == free:
-                continue  # there may be more due right now
             try:
-                async with asyncio.timeout(self.settings.job_poll_seconds):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+                # An idle poll asks cheaply first, so it never takes a write lock for nothing.
+                if self._finished or woken or await job_runner.has_work(self.db):
+                    if loop.time() >= next_sweep:
+                        await job_runner.bury_abandoned(self.db)
+                        next_sweep = loop.time() + lease.total_seconds() / 2
+                    if await self._round(lease):
+                        continue  # every slot filled: there may be more due right now
+            except Exception:
+                logger.exception("could not record or claim jobs; trying again shortly")
+            woken = await self._sleep()
 
-    async def _execute(self, job: job_runner.ClaimedJob) -> None:
+    async def _round(self, lease: timedelta) -> bool:
+        """Record finished jobs and claim new ones; True when every free slot was filled."""
+        finished, self._finished = self._finished, []
+        free = 0 if self._stopping else self.settings.job_concurrency - len(self._running)
+        if not finished and free <= 0:
+            return False
         try:
-            await job_runner.execute(
-                job, worker=self.worker, db=self.db, settings=self.settings, mailer=self.mailer
-            )
-        except Exception:
-            # The outcome could not be recorded; the lease runs out and the job runs again.
-            logger.exception("could not record the outcome of job %s", job.id)
+            async with self.db.transaction() as session:
+                await job_runner.record(session, finished, worker=self.worker)
+                claimed = []
+                if free > 0:
+                    claimed = await job_runner.claim_due(
+                        session, worker=self.worker, limit=free, lease=lease
+                    )
+        except BaseException:
+            self._finished[:0] = finished  # not recorded: try again next round
+            raise
+        for job in claimed:
+            task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
+            self._running[task] = job
+            task.add_done_callback(self._on_done)
+        return bool(claimed) and len(claimed) == free
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
-        self._wake.set()  # a slot is free
+    async def _sleep(self) -> bool:
+        """Wait for a wake-up or the poll interval; True when woken."""
+        try:
+            async with asyncio.timeout(self.settings.job_poll_seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _execute(self, job: job_runner.ClaimedJob) -> job_runner.Outcome:
+        return await job_runner.run(job, db=self.db, settings=self.settings, mailer=self.mailer)
+
+    def _on_done(self, task: asyncio.Task[job_runner.Outcome]) -> None:
+        job = self._running.pop(task, None)
+        if task.cancelled():
+            return
+        if (error := task.exception()) is not None:
+            # run() records failures itself; this is a bug, and the lease will run out.
+            logger.error("job %s ended without an outcome", job, exc_info=error)
+        else:
+            self._finished.append(task.result())
+        self._wake.set()  # a slot is free, and an outcome waits to be recorded
 
     async def stop(self) -> None:
         """Stop claiming, let running jobs finish within the grace period, requeue the rest."""
@@ -90,15 +118,21 @@ class Dispatcher:
         if self._loop_task is not None:
             await self._loop_task
         running = dict(self._running)
-        if not running:
-            return
-        _, unfinished = await asyncio.wait(
-            running, timeout=self.settings.job_shutdown_grace_seconds
-        )
-        for task in unfinished:
-            task.cancel()
-        await asyncio.gather(*unfinished, return_exceptions=True)
-        for task in unfinished:
-            await job_runner.release(self.db, running[task], worker=self.worker)
-        if unfinished:
-            logger.info("returned %d unfinished job(s) to the queue", len(unfinished))
+        if running:
+            _, unfinished = await asyncio.wait(
+                running, timeout=self.settings.job_shutdown_grace_seconds
+            )
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            for task in unfinished:
+                await job_runner.release(self.db, running[task], worker=self.worker)
+            if unfinished:
+                logger.info("returned %d unfinished job(s) to the queue", len(unfinished))
+        try:
+            async with self.db.transaction() as session:
+                await job_runner.record(session, self._finished, worker=self.worker)
+            self._finished.clear()
+        except Exception:
+            # Their leases run out and they run again: at least once, never lost.
+            logger.exception("could not record %d finished job(s)", len(self._finished))

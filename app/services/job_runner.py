@@ -71,37 +71,66 @@ async def claim(
     db: Database, *, worker: str, limit: int, lease: timedelta, job_id: uuid.UUID | None = None
 ) -> list[ClaimedJob]:
     """Take up to `limit` due jobs (or the one given) for `worker`, each with a lease."""
+    async with db.transaction() as session:
+        return await claim_due(session, worker=worker, limit=limit, lease=lease, job_id=job_id)
+
+
+async def claim_due(
+    session: AsyncSession,
+    *,
+    worker: str,
+    limit: int,
+    lease: timedelta,
+    job_id: uuid.UUID | None = None,
+) -> list[ClaimedJob]:
+    """claim() in the caller's transaction."""
     now = utcnow()
     candidates = select(Job.id).where(due(now)).order_by(Job.run_at).limit(limit)
     if job_id is not None:
         candidates = candidates.where(Job.id == job_id)
-    async with db.transaction() as session:
-        rows = await session.execute(
-            update(Job)
-            .where(Job.id.in_(candidates.with_for_update(skip_locked=True).scalar_subquery()))
-            .values(
-                status=JobStatus.RUNNING,
-                attempts=Job.attempts + 1,
-                locked_by=worker,
-                locked_until=now + lease,
-                updated_at=now,
-            )
-            .returning(
-                Job.id, Job.name, Job.payload, Job.attempts, Job.max_attempts, Job.request_id
-            )
+    rows = await session.execute(
+        update(Job)
+        .where(Job.id.in_(candidates.with_for_update(skip_locked=True).scalar_subquery()))
+        .values(
+            status=JobStatus.RUNNING,
+            attempts=Job.attempts + 1,
+            locked_by=worker,
+            locked_until=now + lease,
+            updated_at=now,
         )
-        claimed = [ClaimedJob(*row) for row in rows]
-        session.add_all(
-            JobRun(job_id=job.id, attempt=job.attempts, worker=worker, started_at=now)
-            for job in claimed
-        )
+        .returning(Job.id, Job.name, Job.payload, Job.attempts, Job.max_attempts, Job.request_id)
+    )
+    claimed = [ClaimedJob(*row) for row in rows]
+    session.add_all(
+        JobRun(job_id=job.id, attempt=job.attempts, worker=worker, started_at=now)
+        for job in claimed
+    )
+    await session.flush()
     return claimed
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, to be recorded on the job row and its run."""
+
+    job: ClaimedJob
+    status: JobStatus
+    finished_at: datetime
+    error: str | None = None
+    retry_in: timedelta | None = None
 
 
 async def execute(
     job: ClaimedJob, *, worker: str, db: Database, settings: Settings, mailer: Mailer
 ) -> None:
-    """Run one claimed job and record how it ended. Never raises but for cancellation."""
+    """Run one claimed job and record how it ended, in a transaction of its own."""
+    outcome = await run(job, db=db, settings=settings, mailer=mailer)
+    async with db.transaction() as session:
+        await record(session, [outcome], worker=worker)
+
+
+async def run(job: ClaimedJob, *, db: Database, settings: Settings, mailer: Mailer) -> Outcome:
+    """Run one claimed job and say how it ended. Never raises but for cancellation."""
     definition = registry.get(job.name)
     ctx = JobContext(job.id, job.attempts, job.request_id, db, settings, mailer)
     # The request id ties the job's log lines to the request that enqueued it.
@@ -119,22 +148,15 @@ async def execute(
         error = f"{type(exc).__name__}: {exc}"[:2000]
         dead = job.attempts >= job.max_attempts or definition is None
         logger.warning("job %s failed%s: %s", label, " for good" if dead else "", error)
-        outcome = JobStatus.DEAD if dead else JobStatus.FAILED
-        metrics.JOB_SECONDS.labels(job.name, outcome.value).observe(time.perf_counter() - started)
-        if not dead:
-            metrics.JOB_RETRIES.labels(job.name).inc()
-        await settle(
-            db,
-            job,
-            worker=worker,
-            outcome=outcome,
-            error=error,
-            retry_in=None if dead else backoff(job.attempts, settings),
-        )
-    else:
-        logger.info("job %s succeeded", label)
-        metrics.JOB_SECONDS.labels(job.name, "succeeded").observe(time.perf_counter() - started)
-        await settle(db, job, worker=worker, outcome=JobStatus.SUCCEEDED)
+        status = JobStatus.DEAD if dead else JobStatus.FAILED
+        metrics.JOB_SECONDS.labels(job.name, status.value).observe(time.perf_counter() - started)
+        if dead:
+            return Outcome(job, status, utcnow(), error)
+        metrics.JOB_RETRIES.labels(job.name).inc()
+        return Outcome(job, status, utcnow(), error, backoff(job.attempts, settings))
+    logger.info("job %s succeeded", label)
+    metrics.JOB_SECONDS.labels(job.name, "succeeded").observe(time.perf_counter() - started)
+    return Outcome(job, JobStatus.SUCCEEDED, utcnow())
 
 
 def backoff(attempt: int, settings: Settings) -> timedelta:
@@ -145,34 +167,33 @@ def backoff(attempt: int, settings: Settings) -> timedelta:
     return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
 
 
-async def settle(
-    db: Database,
-    job: ClaimedJob,
-    *,
-    worker: str,
-    outcome: JobStatus,
-    error: str | None = None,
-    retry_in: timedelta | None = None,
-) -> None:
-    """Record the outcome, unless the lease was lost to another worker meanwhile."""
-    now = utcnow()
-    values: dict[str, Any] = {
-        "status": outcome,
-        "locked_by": None,
-        "locked_until": None,
-        "updated_at": now,
-    }
-    if error is not None:
-        values["last_error"] = error
-    if retry_in is not None:
-        values |= {"run_at": now + retry_in, "published_at": None}
-    async with db.transaction() as session:
+async def record(session: AsyncSession, outcomes: list[Outcome], *, worker: str) -> None:
+    """Write outcomes in the caller's transaction, unless a lease was lost to another worker."""
+    for outcome in outcomes:
+        job = outcome.job
+        values: dict[str, Any] = {
+            "status": outcome.status,
+            "locked_by": None,
+            "locked_until": None,
+            "updated_at": outcome.finished_at,
+        }
+        if outcome.error is not None:
+            values["last_error"] = outcome.error
+        if outcome.retry_in is not None:
+            values |= {"run_at": outcome.finished_at + outcome.retry_in, "published_at": None}
         await session.execute(
             update(Job)
             .where(Job.id == job.id, Job.locked_by == worker, Job.status == JobStatus.RUNNING)
             .values(**values)
         )
-        await _finish_run(session, job, worker=worker, outcome=outcome.value, error=error, now=now)
+        await _finish_run(
+            session,
+            job,
+            worker=worker,
+            outcome=outcome.status.value,
+            error=outcome.error,
+            now=outcome.finished_at,
+        )
 
 
 async def release(db: Database, job: ClaimedJob, *, worker: str) -> None:
