@@ -28,6 +28,9 @@ async def get_database(request: Request) -> Database:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+# Paging past this is a mistake, and past 2^63 the database itself refuses the number.
+MAX_OFFSET = 1_000_000_000
 DatabaseDep = Annotated[Database, Depends(get_database)]
 
 

@@ -64,7 +64,7 @@ class WrongPassword(AppError):
 
 
 class IdempotencyKeyReused(AppError):
-    status_code = 422
+    status_code = 409
     detail = "This Idempotency-Key was used with a different request body"
 
 

@@ -33,8 +33,10 @@ async def check_password(db: Database, *, email: str, password: str) -> tuple[Us
     The lookup and the Argon2 check run outside any transaction. An unknown email costs the
     same Argon2 work as a wrong password, so timing tells nothing about who has an account.
     """
-    async with db.read_sessionmaker() as session:
-        user = await session.scalar(select(User).where(User.email_matches(email)))
+    user = None
+    if "\x00" not in email:  # PostgreSQL text cannot hold NUL: no such account, surely
+        async with db.read_sessionmaker() as session:
+            user = await session.scalar(select(User).where(User.email_matches(email)))
     if user is None:
         await security.burn_password_check(password)
         raise InvalidCredentials()

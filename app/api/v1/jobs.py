@@ -4,7 +4,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.db.models import Job, JobStatus
-from app.dependencies import ReadSessionDep, SessionDep, SuperUser
+from app.dependencies import MAX_OFFSET, ReadSessionDep, SessionDep, SuperUser
 from app.schemas.jobs import JobPage, JobRead
 from app.services import jobs
 
@@ -17,7 +17,7 @@ async def list_jobs(
     session: ReadSessionDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:
     items, total = await jobs.list_page(session, status=status, limit=limit, offset=offset)
     return JobPage(items=[JobRead.model_validate(job) for job in items], total=total)

@@ -4,7 +4,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.db.models import User
-from app.dependencies import CurrentUser, ReadSessionDep, SessionDep, SuperUser
+from app.dependencies import MAX_OFFSET, CurrentUser, ReadSessionDep, SessionDep, SuperUser
 from app.schemas.users import UserPage, UserRead, UserUpdate
 from app.services import users
 
@@ -31,7 +31,7 @@ async def list_users(
     _: SuperUser,
     session: ReadSessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> UserPage:
     items, total = await users.list_page(session, limit=limit, offset=offset)
     return UserPage(items=[UserRead.model_validate(u) for u in items], total=total)

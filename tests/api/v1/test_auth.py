@@ -370,7 +370,7 @@ async def test_register_rejects_an_idempotency_key_reused_with_another_body(
 
     response = await register(client, user_body("grace@example.com"), key="signup-1")
 
-    assert response.status_code == 422
+    assert response.status_code == 409
     assert response.json() == {
         "detail": "This Idempotency-Key was used with a different request body"
     }
@@ -384,7 +384,7 @@ async def test_register_treats_another_password_as_another_body(
 
     response = await register(client, user_body(password="another password"), key="signup-1")
 
-    assert response.status_code == 422
+    assert response.status_code == 409
 
 
 async def test_register_with_a_new_idempotency_key_for_a_taken_email_is_409(
@@ -419,7 +419,7 @@ async def test_concurrent_requests_with_one_idempotency_key_and_other_bodies_cre
 
     responses = await asyncio.gather(*(register(client, body, key="signup-1") for body in bodies))
 
-    assert sorted(response.status_code for response in responses) == [201] + [422] * 4
+    assert sorted(response.status_code for response in responses) == [201] + [409] * 4
     assert await count_users(app) == 1
 
 
@@ -1165,3 +1165,13 @@ async def test_password_change_lets_only_the_new_password_log_in(
 
     assert (old.status_code, new.status_code) == (401, 200)
     assert (await client.get(ME, headers=bearer(new.json()))).status_code == 200
+
+
+async def test_token_with_a_nul_byte_in_the_email_is_401_not_a_server_error(
+    client: httpx.AsyncClient,
+) -> None:
+    """PostgreSQL text cannot hold NUL: such an email must never reach a query."""
+    response = await client.post(
+        "/api/v1/auth/token", data={"username": "ada\x00@example.com", "password": PASSWORD}
+    )
+    assert response.status_code == 401

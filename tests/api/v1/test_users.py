@@ -470,3 +470,15 @@ async def test_register_answers_503_not_201_when_the_commit_fails(
         )
     assert response.status_code == 503
     assert await count_users(app, "lost@example.com") == 0
+
+
+async def test_paging_beyond_a_billion_rows_is_refused_before_the_database(
+    client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    await make_user(email="pager@example.com", is_superuser=True)
+    tokens = await login(client, "pager@example.com")
+    huge = await client.get(
+        "/api/v1/users", params={"offset": 376752810047289857933312}, headers=bearer(tokens)
+    )
+    jobs = await client.get("/api/v1/jobs", params={"offset": 10**12}, headers=bearer(tokens))
+    assert (huge.status_code, jobs.status_code) == (422, 422)
