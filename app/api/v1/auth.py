@@ -13,6 +13,7 @@ from app.dependencies import (
     SettingsDep,
 )
 from app.schemas.auth import RefreshRequest, ResetPasswordRequest, TokenPair, VerifyRequest
+from app.schemas.errors import ErrorMessage
 from app.schemas.users import UserRead
 from app.services import auth, users
 
@@ -29,7 +30,18 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserRead)
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserRead,
+    responses={
+        409: {
+            "model": ErrorMessage,
+            "description": "The email is taken, or the Idempotency-Key was used with another body",
+        },
+        429: {"model": ErrorMessage, "description": "Too many attempts; see Retry-After"},
+    },
+)
 async def register(
     data: LimitedRegistration,
     session: SessionDep,
