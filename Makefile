@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format lock clean
+.PHONY: run test lint format lock clean bench reliability scale-test
 
 run: $(VENV)/.runtime
 	$(BIN)/python -m app migrate
@@ -22,6 +22,22 @@ format: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Benchmarks against a raw ceiling (not part of `make test`): writes bench/REPORT.md.
+# BENCH_QUICK=1 for a short matrix; BENCH_PARTS=argon2,http,latency,throughput to pick sections.
+bench: $(VENV)/.bench
+	$(BIN)/python -m bench.run
+
+# Fault injection, schemathesis and the registration race on real processes (not part of
+# `make test`), on a PostgreSQL cluster and Redis servers of their own; the machine's shared
+# ones are never stopped. One line per scenario; figures in reliability/results/*.json.
+reliability: $(VENV)/.reliability
+	$(BIN)/pytest reliability -m reliability -p no:cacheprovider -rxX
+
+# 2 APIs + 2 Celery workers, SCALE_REGISTRATIONS registrations (default 10000), beside
+# 1 API + 1 worker (SCALE_BASELINE_REGISTRATIONS, default 2000).
+scale-test: $(VENV)/.reliability
+	$(BIN)/pytest reliability -m scale -p no:cacheprovider -rxX
+
 $(VENV)/bin/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed")'
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +49,14 @@ $(VENV)/.runtime: requirements.lock | $(VENV)/bin/python
 $(VENV)/.dev: requirements-dev.lock | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
 	touch $@ $(VENV)/.runtime
+
+$(VENV)/.bench: bench/requirements.lock $(VENV)/.dev
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r bench/requirements.lock
+	touch $@
+
+$(VENV)/.reliability: reliability/requirements.lock $(VENV)/.dev
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r reliability/requirements.lock
+	touch $@
 
 # Re-resolve the pinned versions after editing the dependencies in pyproject.toml.
 lock: $(VENV)/.dev

@@ -1,0 +1,1 @@
+"""Benchmarks of the accounts service against a raw Starlette + asyncpg ceiling: `make bench`."""

@@ -1,0 +1,1 @@
+"""The ceiling: a minimal raw Starlette + asyncpg app with the service's SQL."""
