@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = commands.add_parser("worker", help="run a Celery worker (needs BROKER_URL)")
     p.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
-    p.add_argument("celery_args", nargs=argparse.REMAINDER, help="passed on to celery worker")
+    p.epilog = "Any other option (-n NAME, -Q QUEUE ...) is passed on to `celery worker`."
     p.set_defaults(run=worker)
 
     p = commands.add_parser("relay", help="publish committed jobs to the broker (needs BROKER_URL)")
@@ -188,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     retrying.add_argument("job_ids", nargs="+", type=uuid.UUID, metavar="JOB_ID")
     p.set_defaults(run=jobs_command)
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.run is not worker:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.celery_args = extra
     try:
         settings = load_settings()
         configure_logging(level=settings.log_level, json=settings.log_json)

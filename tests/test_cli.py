@@ -407,3 +407,27 @@ def test_metrics_add_up_across_worker_processes(env: dict[str, str], tmp_path: P
             assert expected in response.text
     counter_files = {path.name for path in samples.glob("counter_*.db")}
     assert len(counter_files) == 2, counter_files  # both processes counted requests
+
+
+def test_worker_passes_other_options_on_to_celery(env: dict[str, str], tmp_path: Path) -> None:
+    """-n reaches celery worker, which then judges --pool itself: the options went through."""
+    result = run(
+        env,
+        tmp_path,
+        "worker",
+        "-n",
+        "second@%h",
+        "--pool",
+        "no-such-pool",
+        BROKER_URL="redis://127.0.0.1:1/0",
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "'no-such-pool' is not one of" in output
+    assert "unrecognized arguments" not in output
+
+
+def test_other_commands_refuse_unknown_options(env: dict[str, str], tmp_path: Path) -> None:
+    result = run(env, tmp_path, "migrate", "--frobnicate")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --frobnicate" in result.stderr
