@@ -5,12 +5,12 @@ import secrets
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from limits import parse_many
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 # Secrets that ship in examples and templates; production refuses to start with any of them.
@@ -84,6 +84,17 @@ class Settings(BaseSettings):
     log_format: Literal["", "console", "json"] = ""
     access_log: bool = True
     metrics_enabled: bool = True
+    # Comma-separated. Browsers on these origins may call the API (bearer tokens, no cookies).
+    cors_origins: Annotated[list[str], NoDecode] = []
+    # Comma-separated Host header values to accept ("*.example.com" works); "*" accepts any.
+    trusted_hosts: Annotated[list[str], NoDecode] = ["*"]
+
+    @field_validator("cors_origins", "trusted_hosts", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -120,3 +120,33 @@ async def test_metrics_can_be_switched_off(settings: Settings) -> None:
 @pytest.mark.parametrize("path", ["/health/live", "/metrics", "/docs"])
 async def test_operations_endpoints_answer(client: httpx.AsyncClient, path: str) -> None:
     assert (await client.get(path)).status_code == 200
+
+
+async def test_cors_allows_only_the_configured_origins(settings: Settings) -> None:
+    configured = settings.model_copy(update={"cors_origins": ["https://app.example.com"]})
+    async for client in _client_for(configured):
+        preflight = {"Access-Control-Request-Method": "POST"}
+        allowed = await client.options(
+            "/api/v1/auth/token", headers=preflight | {"Origin": "https://app.example.com"}
+        )
+        other = await client.options(
+            "/api/v1/auth/token", headers=preflight | {"Origin": "https://evil.example"}
+        )
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert "access-control-allow-origin" not in other.headers
+
+
+async def test_untrusted_host_headers_are_refused(settings: Settings) -> None:
+    configured = settings.model_copy(update={"trusted_hosts": ["api.example.com"]})
+    async for client in _client_for(configured):
+        refused = await client.get("/health/live")  # Host: testserver
+        accepted = await client.get("/health/live", headers={"Host": "api.example.com"})
+        assert (refused.status_code, accepted.status_code) == (400, 200)
+
+
+def test_origins_and_hosts_are_read_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORS_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("TRUSTED_HOSTS", "api.example.com,*.internal")
+    loaded = Settings(_env_file=None)
+    assert loaded.cors_origins == ["https://a.example", "https://b.example"]
+    assert loaded.trusted_hosts == ["api.example.com", "*.internal"]
