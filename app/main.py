@@ -40,9 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db: Database = app.state.db
         await startup.ensure_first_superuser(db, settings)
-        runner = _job_runner(db, settings)
+        runner: Dispatcher | Relay = app.state.jobs
         db.on_jobs_committed.append(runner.wake)
-        app.state.jobs = runner
         runner.start()
         try:
             yield
@@ -62,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     mount_docs(app)
     app.state.settings = settings
     app.state.db = Database(create_engine(settings))
+    # Built here, not in the lifespan: creating a Celery app is synchronous work.
+    app.state.jobs = _job_runner(app.state.db, settings)
     app.state.rate_limits = RateLimits(settings)
     metrics.track_pool(app.state.db.engine)
     app.state.head_revision = startup.head_revision()  # read the migration files once
