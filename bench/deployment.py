@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from bench import database, services
+from bench import code, database, services
 from bench.services import BROKER_URL, Process
 
 
@@ -35,6 +35,7 @@ class Deployment:
     worker: Process | None
     seeded: database.Seeded
     tokens: list[str]
+    app_digest: str  # app/ as it was when the processes started
 
     @property
     def base_url(self) -> str:
@@ -110,13 +111,14 @@ async def deploy(
     seeded = await database.seed(url, users=seed_users, admins=token_users)
     worker: Process | None = None
     api: Process | None = None
+    digest = code.app_digest()
     try:
         if celery:
             flush_broker()
             worker = services.start_worker(env, concurrency=worker_processes or 2, logs=ws.logs)
         api = services.start_api(env, workers=workers, logs=ws.logs, name=f"api-{backend}")
         tokens = await login(f"http://127.0.0.1:{api.port}", seeded.admins)
-        yield Deployment(backend, workers, url, api, worker, seeded, tokens)
+        yield Deployment(backend, workers, url, api, worker, seeded, tokens, digest)
     finally:
         for process in (api, worker):
             if process is not None:

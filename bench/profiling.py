@@ -11,7 +11,11 @@ from typing import Any
 from bench.wrk import Load, run_wrk
 
 ROOT = Path(__file__).resolve().parents[1]
-LOOP_FRAMES = {"Runner.run (asyncio/runners.py)", "run_until_complete (asyncio/base_events.py)"}
+LOOP_FRAMES = {
+    "Runner.run (asyncio/runners.py)",
+    "run_until_complete (asyncio/base_events.py)",
+    "Worker.workloop (billiard/pool.py)",  # a Celery pool process
+}
 
 
 def py_spy() -> str:

@@ -107,7 +107,18 @@ class Verdict:
 
     @property
     def mark(self) -> str:
-        return {True: "**met**", False: "**missed**", None: "not measured"}[self.met]
+        return {True: "**met**", False: "**missed**", None: "inconclusive"}[self.met]
+
+
+def _agree(ratio: float | None, cpu_ratio: float | None, target: float, noise: str) -> bool | None:
+    """Met only if throughput says so on quiet points and CPU per request does not disagree;
+    missed if both say missed; otherwise inconclusive."""
+    if ratio is None:
+        return None
+    by_cpu = cpu_ratio is None or cpu_ratio >= target
+    if ratio >= target:
+        return True if by_cpu and not noise else None
+    return False if not by_cpu or not noise else None
 
 
 def verdicts(d: Data) -> list[Verdict]:
@@ -126,7 +137,7 @@ def verdicts(d: Data) -> list[Verdict]:
                 f"{fmt(me['api_cpu_us'], 0)} µs against "
                 f"{fmt(ceiling['api_cpu_us'] if ceiling else None, 0)} µs = "
                 f"{fmt(d.cpu_ratio(me), 3)}x" + d.noise_note(me, ceiling),
-                ratio is not None and ratio >= 0.25,
+                _agree(ratio, d.cpu_ratio(me), 0.25, d.noise_note(me, ceiling)),
             )
         )
         spread = me["p99_ms"] / me["p50_ms"] if me["p50_ms"] else None
@@ -138,8 +149,6 @@ def verdicts(d: Data) -> list[Verdict]:
                 spread is not None and spread <= 5,
             )
         )
-    else:
-        out.append(Verdict("GET /users/me ≥ 0.25x the raw ceiling", "-", None))
     wide = [
         p
         for p in d.points
@@ -201,14 +210,22 @@ def verdicts(d: Data) -> list[Verdict]:
             )
         )
     for item in d.raw.get("latency", []):
+        if item["target_rate"] != 50:
+            continue  # other rates are there to explain, the target is at 50/s
         limit = 50 if item["backend"] == "pg-embedded" else 100
         p99 = item["commit_to_smtp"]["p99_ms"]
+        answered = item["register_latency"]["p50_ms"]
+        overloaded = (
+            f"; the API could not keep up (register p50 {fmt(answered / 1000)} s)"
+            if answered and answered > 1000
+            else ""
+        )
         out.append(
             Verdict(
                 f"welcome email p99 ≤ {limit} ms ({item['backend']}, "
                 f"{fmt(item['target_rate'], 0)} registrations/s)",
                 f"p50 {fmt(item['commit_to_smtp']['p50_ms'])} ms, p99 {fmt(p99)} ms, "
-                f"{item['emails_missing']} missing",
+                f"{item['emails_missing']} missing{overloaded}",
                 p99 is not None and p99 <= limit and item["emails_missing"] == 0,
             )
         )
@@ -296,18 +313,29 @@ def plots(d: Data) -> list[tuple[str, Path]]:
     groups = sorted({(p["backend"], p["workers"], p["connections"]) for p in rows})
     width = 0.8 / max(len(GETS), 1)
     for i, scenario in enumerate(GETS):
-        values = []
-        for backend, workers, c in groups:
-            point = d.find(
-                kind="service", backend=backend, workers=workers, connections=c, scenario=scenario
-            )
-            values.append(d.ratio(point) or 0 if point else 0)
-        ax.bar([j + i * width for j in range(len(groups))], values, width, label=TITLES[scenario])
+        xs = [j + i * width for j in range(len(groups))]
+        points = [
+            d.find(kind="service", backend=b, workers=w, connections=c, scenario=scenario)
+            for b, w, c in groups
+        ]
+        values = [(d.ratio(p) or 0) if p else 0 for p in points]
+        bars = ax.bar(xs, values, width, label=TITLES[scenario])
+        for bar, p in zip(bars, points, strict=True):
+            if p and d.noise_note(p, d.ceiling(p["scenario"], p["workers"], p["connections"])):
+                bar.set_hatch("//")
+        by_cpu = [(d.cpu_ratio(p) or 0) if p else 0 for p in points]
+        ax.scatter(
+            xs, by_cpu, marker="D", s=18, color="black", zorder=3, label="by CPU" if i else None
+        )
     ax.axhline(0.25, color="red", linestyle="--", linewidth=1, label="target 0.25x")
     ax.set_xticks([j + width / 2 for j in range(len(groups))])
     ax.set_xticklabels([f"{b}\n{w}w c{c}" for b, w, c in groups], fontsize=7)
     ax.set_ylabel("x the raw ceiling's GET (same workers, connections)")
-    ax.set_title("Reads as a share of the raw Starlette + asyncpg ceiling")
+    ax.set_title(
+        "Reads as a share of the raw Starlette + asyncpg ceiling (bars: req/s; diamonds: CPU per"
+        " request; hatched: this point or its ceiling ran beside others' load)",
+        fontsize=9,
+    )
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -677,6 +705,19 @@ def render(raw: dict[str, Any], results_path: Path) -> str:
             lines += [""]
     flagged = [p for p in d.points if noisy(p)]
     lines += ["", "## Noise", ""]
+    digests = {code["app_sha256"]} | {
+        item["app_sha256"]
+        for section in ("configs", "points", "latency", "throughput")
+        for item in raw.get(section, [])
+        if isinstance(item, dict) and item.get("app_sha256")
+    }
+    if len(digests) > 1:
+        lines += [
+            f"**app/ changed while the bench ran** ({len(digests)} different digests: "
+            + ", ".join(sorted(digests))
+            + "): configurations started at different times ran different service code.",
+            "",
+        ]
     if flagged:
         lines += [
             f"{len(flagged)} point(s) ran while others used the machine (⚠ above): "

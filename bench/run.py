@@ -4,7 +4,6 @@ BENCH_QUICK=1 runs a short matrix; BENCH_PARTS=argon2,http,latency,throughput pi
 """
 
 import asyncio
-import hashlib
 import json
 import platform
 import shutil
@@ -18,6 +17,7 @@ from typing import Any
 
 from bench import (
     argon2_bound,
+    code,
     database,
     deployment,
     jobs_bench,
@@ -36,26 +36,6 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 WORK = BENCH / ".work"
-
-
-def code_fingerprint() -> dict[str, Any]:
-    """Which service code was measured: the commit, and a digest of app/ as it was on disk
-    (others may be changing it while the bench runs)."""
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "app").rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(ROOT)).encode())
-            digest.update(path.read_bytes())
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip()
-
-    return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "app_changed_since_commit": bool(git("status", "--porcelain", "app")),
-        "app_sha256": digest.hexdigest()[:16],
-    }
 
 
 def environment() -> dict[str, Any]:
@@ -81,7 +61,7 @@ def environment() -> dict[str, Any]:
         "postgres": postgres.stdout.strip(),
         "wrk": (wrk.stdout or wrk.stderr).splitlines()[0] if (wrk.stdout or wrk.stderr) else "",
         "packages": {name: version(name) for name in packages},
-        "code": code_fingerprint(),
+        "code": code.fingerprint(),
     }
 
 
@@ -218,6 +198,7 @@ async def http_matrix(m: Matrix, ws: Workspace, results: Results, sink: Process)
                     "api": memory(d.api),
                     "worker": memory(d.worker),
                     "jobs_by_status": counts,
+                    "app_sha256": d.app_digest,
                 },
             )
     await welcome_job_cost(m, ws, results)
@@ -256,6 +237,7 @@ async def welcome_job_cost(m: Matrix, ws: Workspace, results: Results) -> None:
                 )
                 point["jobs_drain_s"] = await d.wait_for_jobs()
                 point["jobs_by_status"] = await database.job_counts(d.database_url)
+                point["app_sha256"] = d.app_digest
                 results.add("points", point)
 
 
@@ -280,18 +262,26 @@ async def profiles(
 
 
 async def welcome_latency(m: Matrix, ws: Workspace, results: Results) -> None:
-    for backend in ("pg-embedded", "pg-celery"):
-        print(f"welcome email latency: {backend}, {m.latency_rate:g}/s", flush=True)
-        async with deployment.deploy(backend, 1, ws, seed_users=100, token_users=0) as d:
-            item = await jobs_bench.welcome_latency(
-                d, rate=m.latency_rate, seconds=m.latency_s, nonce=now_nonce(), mail_log=ws.mail_log
-            )
-            for process in d.processes():
-                process.record_peak_rss()
-            item["api"] = memory(d.api)
-            item["worker"] = memory(d.worker)
-            print(f"  {item['commit_to_smtp']}  missing {item['emails_missing']}", flush=True)
-            results.add("latency", item)
+    for rate in m.latency_rates:
+        for backend in ("pg-embedded", "pg-celery"):
+            print(f"welcome email latency: {backend}, {rate:g}/s", flush=True)
+            await _welcome_latency_at(m, ws, results, backend, rate)
+
+
+async def _welcome_latency_at(
+    m: Matrix, ws: Workspace, results: Results, backend: str, rate: float
+) -> None:
+    async with deployment.deploy(backend, 1, ws, seed_users=100, token_users=0) as d:
+        item = await jobs_bench.welcome_latency(
+            d, rate=rate, seconds=m.latency_s, nonce=now_nonce(), mail_log=ws.mail_log
+        )
+        for process in d.processes():
+            process.record_peak_rss()
+        item["api"] = memory(d.api)
+        item["worker"] = memory(d.worker)
+        item["app_sha256"] = d.app_digest
+        print(f"  {item['commit_to_smtp']}  missing {item['emails_missing']}", flush=True)
+        results.add("latency", item)
 
 
 async def job_throughput(m: Matrix, ws: Workspace, results: Results) -> None:
@@ -339,6 +329,7 @@ async def job_throughput(m: Matrix, ws: Workspace, results: Results) -> None:
                 profile=(runner, profile_file) if profiled else None,
             )
             item["processes"] = worker_processes or api_workers
+            item["app_sha256"] = d.app_digest
             if profiled:
                 results.add(
                     "profiles",
