@@ -430,6 +430,7 @@ def render(raw: dict[str, Any], results_path: Path) -> str:
         + ", ".join(f"{k} {v}" for k, v in env["packages"].items())
         + ".",
         "",
+        *(f"> Note: {note}\n" for note in raw.get("notes", [])),
         "## How it was measured",
         "",
         f"- Each point: a {m['warmup_s']:g} s wrk warm-up, then wrk -t2 -c64 or -c256 for "
@@ -682,7 +683,7 @@ def render(raw: dict[str, Any], results_path: Path) -> str:
         for prof in profiles:
             lines += [
                 f"### {TITLES[prof['scenario']]} ({prof['backend']}, 1 process): "
-                f"{prof['samples']:,} samples, raw stacks in `{prof['raw_file']}`",
+                f"{prof['samples']:,} samples, raw stacks: `{prof['raw_file']}`",
                 "",
                 "Self time by package: "
                 + ", ".join(f"{k} {v}%" for k, v in prof["self_by_package_pct"][:12])
@@ -740,9 +741,10 @@ def render(raw: dict[str, Any], results_path: Path) -> str:
         "## Reproduce",
         "",
         "```sh",
-        "make bench                       # full matrix (installs wrk and bench/requirements.lock)",
-        "BENCH_QUICK=1 make bench         # a short matrix, about 6 minutes",
-        "BENCH_PARTS=latency,throughput make bench   # only some sections",
+        "make bench                # full matrix, about 55 min; installs wrk and the bench lock",
+        "BENCH_QUICK=1 make bench  # a short matrix, 10-15 min",
+        "BENCH_PARTS=latency,throughput make bench                 # only some sections",
+        "BENCH_BACKENDS=pg-embedded BENCH_WORKERS=1 make bench      # one configuration again",
         ".venv/bin/python -m bench.report bench/results/<file>.json   # this report again",
         "```",
         "",

@@ -254,7 +254,7 @@ async def profiles(
             loads[scenario],
             connections=m.connections[0],
             seconds=m.profile_s,
-            out=RESULTS / "profiles" / f"{scenario}.txt",
+            out=RESULTS / "profiles" / f"{results.path.stem}-{scenario}.txt",
         )
         if scenario == "register":
             await d.wait_for_jobs()
@@ -318,9 +318,7 @@ async def job_throughput(m: Matrix, ws: Workspace, results: Results) -> None:
         ) as d:
             # Profile the process that runs the jobs: the API, or one Celery pool process.
             runner = d.api.pid if d.worker is None else d.worker.pids()[-1]
-            profile_file = (
-                RESULTS / "profiles" / f"jobs-{backend}-{worker_processes or api_workers}.txt"
-            )
+            profile_file = RESULTS / "profiles" / f"{results.path.stem}-jobs-{backend}.txt"
             profiled = (worker_processes or api_workers) == 1
             item = await jobs_bench.service_noop_throughput(
                 d,
