@@ -20,7 +20,7 @@ import jwt
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
-from app.core.errors import InvalidEmailToken, InvalidToken
+from app.core.errors import AppError, InvalidEmailToken, InvalidToken
 
 # OWASP's minimum for argon2id: 19 MiB, 2 passes, 1 lane. Stored hashes made with other
 # parameters are upgraded transparently at the next successful login.
@@ -79,18 +79,33 @@ def create_access_token(
 
 def decode_access_token(token: str, *, secret: str) -> tuple[uuid.UUID, int]:
     """The user id and token version of a valid access token; InvalidToken otherwise."""
+    return _decode(
+        token, secret=secret, kind=ACCESS_TOKEN_TYPE, claim="ver", as_=int, error=InvalidToken
+    )
+
+
+def _decode(
+    token: str,
+    *,
+    secret: str,
+    kind: str,
+    claim: str,
+    as_: Callable[[Any], T],
+    error: type[AppError],
+) -> tuple[uuid.UUID, T]:
+    """The subject and `claim` of a signed, unexpired token of this kind; `error` otherwise."""
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
             secret,
             algorithms=[JWT_ALGORITHM],
-            options={"require": ["sub", "exp", "type", "ver"]},
+            options={"require": ["sub", "exp", "type", claim]},
         )
-        if claims["type"] != ACCESS_TOKEN_TYPE:
-            raise InvalidToken()
-        return uuid.UUID(claims["sub"]), int(claims["ver"])
-    except (jwt.PyJWTError, ValueError, TypeError) as exc:
-        raise InvalidToken() from exc
+        if claims["type"] != kind:
+            raise error()
+        return uuid.UUID(claims["sub"]), as_(claims[claim])
+    except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
+        raise error() from exc
 
 
 def new_refresh_token() -> str:
@@ -133,15 +148,6 @@ def create_email_token(
 
 def decode_email_token(token: str, *, purpose: str, secret: str) -> tuple[uuid.UUID, str]:
     """The user id and binding of a valid token for `purpose`; InvalidEmailToken otherwise."""
-    try:
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            secret,
-            algorithms=[JWT_ALGORITHM],
-            options={"require": ["sub", "exp", "type", "bnd"]},
-        )
-        if claims["type"] != purpose:
-            raise InvalidEmailToken()
-        return uuid.UUID(claims["sub"]), str(claims["bnd"])
-    except (jwt.PyJWTError, ValueError, TypeError) as exc:
-        raise InvalidEmailToken() from exc
+    return _decode(
+        token, secret=secret, kind=purpose, claim="bnd", as_=str, error=InvalidEmailToken
+    )
