@@ -50,10 +50,8 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token")
 async def get_current_user(
     token: Annotated[str, Depends(oauth2_scheme)], db: DatabaseDep, settings: SettingsDep
 ) -> User:
-    # A short autocommit read, closed before the handler runs: authentication never holds a
-    # pooled connection for the rest of the request.
-    async with db.read_sessionmaker() as session:
-        return await auth.authenticate(session, access_token=token, secret=settings.signing_key)
+    # One autocommit read: authentication never holds a pooled connection past itself.
+    return await auth.authenticate(db, access_token=token, secret=settings.signing_key)
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]

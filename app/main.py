@@ -19,9 +19,9 @@ from app.core import metrics
 from app.core.config import Settings, load_settings
 from app.core.errors import AppError, DatabaseUnavailable
 from app.core.logging import configure_logging
-from app.db.errors import is_unavailable
+from app.db.errors import DRIVER_ERRORS, is_unavailable
 from app.db.session import Database, create_engine
-from app.middleware import RequestIdMiddleware, RequestMetricsMiddleware
+from app.middleware import AdmissionMiddleware, RequestIdMiddleware, RequestMetricsMiddleware
 from app.pages import routes as pages
 from app.services import startup
 from app.services.dispatcher import Dispatcher
@@ -72,6 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     mount_admin(app, app.state.db, settings)
     if settings.metrics_enabled:
         app.include_router(metrics_route.router)
+    app.add_middleware(
+        AdmissionMiddleware,
+        limit=settings.db_pool_size + settings.db_max_overflow,
+        timeout=settings.db_pool_timeout,
+        exempt=("/health", "/metrics"),
+    )
     # Added last, so it runs first: the metrics and access log lines see the request id.
     app.add_middleware(RequestMetricsMiddleware, access_log=settings.access_log)
     app.add_middleware(RequestIdMiddleware)
@@ -83,7 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts)
+    if settings.trusted_hosts != ["*"]:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts)
     _add_error_handlers(app)
     return app
 
@@ -109,5 +116,6 @@ def _add_error_handlers(app: FastAPI) -> None:
         return await app_error(request, DatabaseUnavailable())
 
     app.add_exception_handler(AppError, app_error)
-    for error in (sa_exc.TimeoutError, sa_exc.DBAPIError, ConnectionError, TimeoutError):
+    database_errors = (sa_exc.TimeoutError, sa_exc.DBAPIError, ConnectionError, TimeoutError)
+    for error in (*database_errors, *DRIVER_ERRORS):
         app.add_exception_handler(error, database_error)

@@ -1,13 +1,17 @@
-"""Pure ASGI middleware, cheap enough for the hot path: request ids, metrics, access log."""
+"""Pure ASGI middleware, cheap enough for the hot path: request ids, metrics, access log, and
+the admission gate in front of the database pool."""
 
+import asyncio
 import logging
 import re
 import time
 import uuid
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core import context, metrics
+from app.core.errors import ServiceBusy
 
 access_logger = logging.getLogger("app.access")
 
@@ -84,3 +88,40 @@ def route_template(scope: Scope) -> str:
         if found:
             path = f"{head}{{{name}}}{tail}"
     return path
+
+
+class AdmissionMiddleware:
+    """Admits at most `limit` requests at a time, first come first served.
+
+    Sized to the connection pool, so an admitted request never waits for a connection. Without
+    it, a burst larger than the pool waits inside the pool, whose queue hands a freed
+    connection to whoever asks next rather than to whoever waited longest: under sustained
+    overload some requests starve until DB_POOL_TIMEOUT while others pass. This queue is fair,
+    so waits stay short and alike; a request not admitted within `timeout` gets a 503.
+    Health checks and metrics bypass it, so probes still answer when the service is busy.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, limit: int, timeout: float, exempt: tuple[str, ...] = ()
+    ) -> None:
+        self.app = app
+        self.timeout = timeout
+        self.exempt = exempt
+        self._slots = asyncio.Semaphore(limit)  # FIFO: a newcomer never overtakes a waiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt):
+            await self.app(scope, receive, send)
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            busy = ServiceBusy()
+            refusal = JSONResponse({"detail": busy.message}, 503, headers=busy.response_headers)
+            await refusal(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._slots.release()

@@ -1,8 +1,9 @@
 """What one `make bench` measures: the full matrix, or a short one with BENCH_QUICK=1.
 
 BENCH_PARTS picks sections (comma-separated, default all): argon2, http, latency, throughput.
-BENCH_BACKENDS, BENCH_WORKERS, BENCH_CONNECTIONS and BENCH_DURATION narrow or change the HTTP
-matrix, e.g. to measure one point again: BENCH_BACKENDS=pg-embedded BENCH_WORKERS=1.
+BENCH_BACKENDS, BENCH_WORKERS, BENCH_CONNECTIONS, BENCH_SCENARIOS and BENCH_DURATION narrow or
+change the HTTP matrix, e.g. to measure one point again: BENCH_BACKENDS=pg-embedded
+BENCH_WORKERS=1 BENCH_SCENARIOS=users_me.
 """
 
 import os
@@ -45,12 +46,18 @@ def _narrowed(m: Matrix) -> Matrix:
         value = os.environ.get(name)
         return tuple(int(x) for x in value.split(",")) if value else default
 
-    backends = os.environ.get("BENCH_BACKENDS")
-    if backends and set(backends.split(",")) - set(BACKENDS):
-        raise SystemExit(f"BENCH_BACKENDS: choose from {BACKENDS}")
+    def names(name: str, default: tuple[str, ...], known: tuple[str, ...]) -> tuple[str, ...]:
+        value = os.environ.get(name)
+        if not value:
+            return default
+        if set(value.split(",")) - set(known):
+            raise SystemExit(f"{name}: choose from {known}")
+        return tuple(value.split(","))
+
     return replace(
         m,
-        backends=tuple(backends.split(",")) if backends else m.backends,
+        backends=names("BENCH_BACKENDS", m.backends, BACKENDS),
+        scenarios=names("BENCH_SCENARIOS", m.scenarios, SCENARIOS),
         workers=numbers("BENCH_WORKERS", m.workers),
         connections=numbers("BENCH_CONNECTIONS", m.connections),
         duration_s=float(os.environ.get("BENCH_DURATION", m.duration_s)),

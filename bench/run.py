@@ -201,7 +201,8 @@ async def http_matrix(m: Matrix, ws: Workspace, results: Results, sink: Process)
                     "app_sha256": d.app_digest,
                 },
             )
-    await welcome_job_cost(m, ws, results)
+    if "register" in m.scenarios:
+        await welcome_job_cost(m, ws, results)
     print("ceiling again, for drift", flush=True)
     before = len(results.data["points"])
     await ceiling(m, ws, results, workers=(1,), conns=(m.connections[0],))
@@ -244,7 +245,7 @@ async def welcome_job_cost(m: Matrix, ws: Workspace, results: Results) -> None:
 async def profiles(
     m: Matrix, ws: Workspace, results: Results, d: Deployment, loads: dict[str, Load]
 ) -> None:
-    for scenario in ("users_me", "register"):
+    for scenario in (s for s in ("users_me", "register") if s in m.scenarios):
         print(f"  profiling {scenario} (py-spy, {m.profile_s:g} s)", flush=True)
         await asyncio.sleep(0)
         summary = await asyncio.to_thread(

@@ -34,8 +34,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
 
     database_url: str = "sqlite+aiosqlite:///./data/app.db"
-    db_pool_size: int = Field(10, ge=1)
-    db_max_overflow: int = Field(10, ge=0)
+    # A steady pool: overflow connections are opened and closed again under load, and each
+    # opening costs a TCP (and TLS) handshake; the admission gate admits pool size + overflow.
+    db_pool_size: int = Field(20, ge=1)
+    db_max_overflow: int = Field(0, ge=0)
     db_pool_timeout: float = Field(5.0, gt=0)
     db_statement_timeout_ms: int = Field(10_000, ge=0)
 

@@ -92,6 +92,12 @@ class DatabaseUnavailable(AppError):
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
 
 
+class ServiceBusy(AppError):
+    status_code = 503
+    detail = "The service is busy; try again shortly"
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
+
+
 class JobNotRetryable(AppError):
     status_code = 409
     detail = "Only failed or dead jobs can be retried"

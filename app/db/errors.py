@@ -1,5 +1,6 @@
 """Which database errors mean "unavailable, retry shortly" rather than a bug."""
 
+import asyncpg
 from sqlalchemy import exc as sa_exc
 
 # SQLSTATEs of a server that is going away, overloaded, or cancelled our statement on a timeout.
@@ -13,15 +14,27 @@ _UNAVAILABLE_SQLSTATES = {
 }
 
 
+# What the asyncpg driver raises itself, on the reads that bypass SQLAlchemy (Database.fetch_one).
+DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
 def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.TimeoutError | ConnectionError | TimeoutError):
         return True  # pool exhausted for DB_POOL_TIMEOUT, refused, or no answer in time
+    if isinstance(exc, asyncpg.InterfaceError):
+        return True  # the connection was closed under us
+    if isinstance(exc, asyncpg.PostgresError):
+        return _unavailable_sqlstate(exc.sqlstate)
     if not isinstance(exc, sa_exc.DBAPIError):
         return False
     if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
         return True
     sqlstate = getattr(exc.orig, "sqlstate", None)
     if sqlstate is not None:
-        return sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES
+        return _unavailable_sqlstate(sqlstate)
     # SQLite reports "database is locked" (busy timeout) and I/O trouble this way.
     return isinstance(exc, sa_exc.OperationalError)
+
+
+def _unavailable_sqlstate(sqlstate: str) -> bool:
+    return sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES

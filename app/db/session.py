@@ -5,12 +5,13 @@ runs in a real transaction. On SQLite a writing transaction starts with BEGIN IM
 concurrent writers queue on the busy timeout instead of failing when they upgrade a read lock.
 """
 
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -18,7 +19,9 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.sql import Select
+from sqlalchemy.util import greenlet_spawn
 
 from app.core.config import Settings
 from app.core.errors import AppError
@@ -27,6 +30,9 @@ from app.core.errors import AppError
 SQLITE_WRITER = "sqlite_writer"
 # Session.info flag: this transaction enqueued jobs; whoever runs them is woken on commit.
 JOBS_ENQUEUED = "jobs_enqueued"
+# A pooled connection idle for longer than this is pinged before use. One in steady use is not:
+# a ping per checkout would be a round trip on every request.
+PING_AFTER_IDLE_SECONDS = 1.0
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -47,15 +53,41 @@ def create_engine(settings: Settings) -> AsyncEngine:
     server_settings = {"application_name": "accounts-service"}
     if settings.db_statement_timeout_ms:
         server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         **pool,
-        pool_pre_ping=True,
         pool_recycle=1800,
         isolation_level="AUTOCOMMIT",
         # A database that does not accept the connection in time is unavailable, not slow.
         connect_args={"timeout": settings.db_pool_timeout, "server_settings": server_settings},
     )
+    _ping_when_idle(engine, after_seconds=PING_AFTER_IDLE_SECONDS)
+    return engine
+
+
+def _ping_when_idle(engine: AsyncEngine, *, after_seconds: float) -> None:
+    """Pessimistic disconnect handling for connections that sat in the pool.
+
+    After a database restart every idle pooled connection is dead; each is pinged when taken
+    out and replaced if the ping fails, so no request meets a stale one.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(
+        dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+    ) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < after_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            # The pool replaces the connection and tries again.
+            raise exc.DisconnectionError() from error
 
 
 def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
@@ -95,6 +127,7 @@ class Database:
         self.sessionmaker = async_sessionmaker(writer, expire_on_commit=False)
         self.read_sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         self.on_jobs_committed: list[Callable[[], None]] = []
+        self._driver_sql: dict[Select[Any], tuple[str, list[str]]] = {}
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -112,6 +145,37 @@ class Database:
             if session.info.pop(JOBS_ENQUEUED, False):
                 for wake in self.on_jobs_committed:
                     wake()
+
+    async def fetch_one(self, statement: Select[Any], **params: Any) -> Mapping[str, Any] | None:
+        """The first row of a read, in one autocommit round trip.
+
+        For the hottest reads (the user behind every access token). On PostgreSQL the statement
+        is compiled once and run on the pooled asyncpg connection itself, which skips the
+        execution layer of SQLAlchemy: about a third of the CPU of a small request.
+        """
+        if self.engine.dialect.name != "postgresql":
+            async with self.engine.connect() as conn:
+                found: Mapping[str, Any] | None
+                found = (await conn.execute(statement, params)).mappings().first()
+                return found
+        if (compiled := self._driver_sql.get(statement)) is None:
+            built = statement.compile(dialect=self.engine.dialect)
+            compiled = self._driver_sql[statement] = (built.string, list(built.positiontup or ()))
+        sql, names = compiled
+        pooled = await self.engine.raw_connection()
+        driver = pooled.driver_connection
+        assert driver is not None
+        try:
+            row: Mapping[str, Any] | None = await driver.fetchrow(
+                sql, *(params[name] for name in names)
+            )
+        except BaseException as error:
+            if driver.is_closed():
+                pooled.invalidate(error)  # not back into the pool
+            raise
+        finally:
+            await greenlet_spawn(pooled.close)
+        return row
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core import security
 from app.core.errors import EmailTaken, InvalidEmailToken, NotFound, WrongPassword
 from app.db.models import User
+from app.db.session import Database
 from app.schemas.users import UserCreate, UserRead, UserUpdate
 from app.services import auth, idempotency, jobs, tasks
 
@@ -66,23 +67,16 @@ async def get_by_email(session: AsyncSession, email: str) -> User | None:
     return await session.scalar(select(User).where(User.email_matches(email)))
 
 
-async def get(session: AsyncSession, user_id: uuid.UUID) -> User:
-    user = await session.get(User, user_id)
-    if user is None:
-        raise NotFound("User not found")
-    return user
-
-
-async def get_visible(session: AsyncSession, user_id: uuid.UUID, *, viewer: User) -> User:
+async def get_visible(db: Database, user_id: uuid.UUID, *, viewer: User) -> User:
     """A user as `viewer` may see them: themselves, or anyone for a superuser.
 
     To everyone else another account is simply not found, never confirmed to exist.
     """
     if user_id == viewer.id:
         return viewer
-    if not viewer.is_superuser:
+    if not viewer.is_superuser or (user := await auth.find_user(db, user_id)) is None:
         raise NotFound("User not found")
-    return await get(session, user_id)
+    return user
 
 
 async def list_page(session: AsyncSession, *, limit: int, offset: int) -> tuple[list[User], int]:

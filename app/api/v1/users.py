@@ -4,7 +4,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.db.models import User
-from app.dependencies import MAX_OFFSET, CurrentUser, ReadSessionDep, SessionDep, SuperUser
+from app.dependencies import (
+    MAX_OFFSET,
+    CurrentUser,
+    DatabaseDep,
+    ReadSessionDep,
+    SessionDep,
+    SuperUser,
+)
 from app.schemas.users import UserPage, UserRead, UserUpdate
 from app.services import users
 
@@ -22,8 +29,8 @@ async def update_me(data: UserUpdate, user: CurrentUser, session: SessionDep) ->
 
 
 @router.get("/{user_id}", response_model=UserRead)
-async def read_user(user_id: uuid.UUID, user: CurrentUser, session: ReadSessionDep) -> User:
-    return await users.get_visible(session, user_id, viewer=user)
+async def read_user(user_id: uuid.UUID, user: CurrentUser, db: DatabaseDep) -> User:
+    return await users.get_visible(db, user_id, viewer=user)
 
 
 @router.get("", response_model=UserPage)

@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -1053,6 +1054,32 @@ async def test_protected_route_rejects_an_expired_access_token(
     )
 
     response = await client.get(ME, headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Invalid or expired token"}
+
+
+async def test_an_access_token_that_worked_is_refused_once_it_expires(
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Verified tokens are remembered to spare the signature check, never past their expiry."""
+    user = await make_user()
+    token = security.create_access_token(
+        user_id=user.id,
+        token_version=user.token_version,
+        secret=settings.signing_key,
+        ttl=timedelta(minutes=5),
+    )
+    headers = {"Authorization": f"Bearer {token}"}
+    assert (await client.get(ME, headers=headers)).status_code == 200
+    assert (await client.get(ME, headers=headers)).status_code == 200
+
+    later = time.time() + 301
+    monkeypatch.setattr(time, "time", lambda: later)
+    response = await client.get(ME, headers=headers)
 
     assert response.status_code == 401
     assert response.json() == {"detail": "Invalid or expired token"}
