@@ -146,6 +146,20 @@ class Database:
                 for wake in self.on_jobs_committed:
                     wake()
 
+    @asynccontextmanager
+    async def statement(self) -> AsyncIterator[AsyncSession]:
+        """A session for writes made in one statement.
+
+        PostgreSQL runs a single statement atomically by itself, so it runs in autocommit: one
+        round trip instead of BEGIN, the statement and COMMIT. Elsewhere it is a transaction.
+        """
+        if self.engine.dialect.name != "postgresql":
+            async with self.transaction() as session:
+                yield session
+            return
+        async with self.read_sessionmaker() as session:
+            yield session
+
     async def fetch_one(self, statement: Select[Any], **params: Any) -> Mapping[str, Any] | None:
         """The first row of a read, in one autocommit round trip.
 

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Table,
     and_,
     bindparam,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import Executable
 
 from app.core import metrics
 from app.core.config import Settings
@@ -68,52 +70,57 @@ class ClaimedJob:
     request_id: str | None
 
 
-def abandoned(now: datetime) -> ColumnElement[bool]:
+# `now` is a value, or a bind parameter in the statements built once below.
+Moment = datetime | ColumnElement[datetime]
+
+
+def abandoned(now: Moment) -> ColumnElement[bool]:
     return and_(Job.status == JobStatus.RUNNING, Job.locked_until < now)
 
 
-def due(now: datetime) -> ColumnElement[bool]:
+def due(now: Moment) -> ColumnElement[bool]:
     ready = and_(Job.status.in_((JobStatus.QUEUED, JobStatus.FAILED)), Job.run_at <= now)
     return and_(or_(ready, abandoned(now)), Job.attempts < Job.max_attempts)
 
 
+_NOW = bindparam("b_now", type_=jobs.c.run_at.type)
+_HAS_WORK = select(exists().where(or_(due(_NOW), abandoned(_NOW))))
+
+
 async def has_work(db: Database) -> bool:
     """A cheap autocommit check, so an idle poll never takes a write lock."""
-    now = utcnow()
     async with db.read_sessionmaker() as session:
-        return bool(await session.scalar(select(exists().where(or_(due(now), abandoned(now))))))
+        return bool(await session.scalar(_HAS_WORK, {"b_now": utcnow()}))
 
 
 async def claim(
     db: Database, *, worker: str, limit: int, lease: timedelta, job_id: uuid.UUID | None = None
 ) -> list[ClaimedJob]:
     """Take up to `limit` due jobs (or the one given) for `worker`, each with a lease."""
-    async with db.transaction() as session:
+    async with db.statement() as session:
         return await claim_due(session, worker=worker, limit=limit, lease=lease, job_id=job_id)
 
 
-async def claim_due(
-    session: AsyncSession,
-    *,
-    worker: str,
-    limit: int,
-    lease: timedelta,
-    job_id: uuid.UUID | None = None,
-) -> list[ClaimedJob]:
-    """claim() in the caller's transaction: one UPDATE ... RETURNING, one INSERT of the runs."""
-    now = utcnow()
-    candidates = select(jobs.c.id).where(due(now)).order_by(jobs.c.run_at).limit(limit)
-    if job_id is not None:
-        candidates = candidates.where(jobs.c.id == job_id)
-    rows = await session.execute(
+def _claim_statement(*, one_job: bool, with_runs: bool) -> Executable:
+    """Built once per variant: building a statement this size costs more CPU than running it."""
+    candidates = (
+        select(jobs.c.id)
+        .where(due(_NOW))
+        .order_by(jobs.c.run_at)
+        .limit(bindparam("b_limit", type_=Integer))
+    )
+    if one_job:
+        candidates = candidates.where(jobs.c.id == bindparam("b_job_id", type_=jobs.c.id.type))
+    worker = bindparam("b_worker", type_=jobs.c.locked_by.type)
+    take = (
         update(jobs)
         .where(jobs.c.id.in_(candidates.with_for_update(skip_locked=True).scalar_subquery()))
         .values(
             status=JobStatus.RUNNING,
             attempts=jobs.c.attempts + 1,
             locked_by=worker,
-            locked_until=now + lease,
-            updated_at=now,
+            locked_until=bindparam("b_locked_until", type_=jobs.c.locked_until.type),
+            updated_at=_NOW,
         )
         .returning(
             jobs.c.id,
@@ -124,8 +131,41 @@ async def claim_due(
             jobs.c.request_id,
         )
     )
-    claimed = [ClaimedJob(*row) for row in rows]
-    if claimed:
+    if not with_runs:
+        return take
+    # PostgreSQL: one statement, so one round trip; the runs are inserted by a CTE of the claim.
+    claimed = take.cte("claimed")
+    runs = insert(job_runs).from_select(
+        ["id", "job_id", "attempt", "worker", "started_at"],
+        select(func.gen_random_uuid(), claimed.c.id, claimed.c.attempts, worker, _NOW),
+    )
+    return select(claimed).add_cte(runs.cte("runs"))
+
+
+_CLAIM = {
+    (one_job, with_runs): _claim_statement(one_job=one_job, with_runs=with_runs)
+    for one_job in (False, True)
+    for with_runs in (False, True)
+}
+
+
+async def claim_due(
+    session: AsyncSession,
+    *,
+    worker: str,
+    limit: int,
+    lease: timedelta,
+    job_id: uuid.UUID | None = None,
+) -> list[ClaimedJob]:
+    """claim() in the caller's transaction."""
+    now = utcnow()
+    params = {"b_now": now, "b_limit": limit, "b_worker": worker, "b_locked_until": now + lease}
+    if job_id is not None:
+        params["b_job_id"] = job_id
+    postgresql = _is_postgresql(session)
+    statement = _CLAIM[job_id is not None, postgresql]
+    claimed = [ClaimedJob(*row) for row in await session.execute(statement, params)]
+    if claimed and not postgresql:
         await session.execute(
             insert(job_runs),
             [
@@ -134,6 +174,10 @@ async def claim_due(
             ],
         )
     return claimed
+
+
+def _is_postgresql(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 @dataclass(frozen=True)
@@ -150,9 +194,9 @@ class Outcome:
 async def execute(
     job: ClaimedJob, *, worker: str, db: Database, settings: Settings, mailer: Mailer
 ) -> None:
-    """Run one claimed job and record how it ended, in a transaction of its own."""
+    """Run one claimed job and record how it ended."""
     outcome = await run(job, db=db, settings=settings, mailer=mailer)
-    async with db.transaction() as session:
+    async with db.statement() as session:
         await record(session, [outcome], worker=worker)
 
 
@@ -228,6 +272,8 @@ _FINISH_RUN = (
         error=_error,
     )
 )
+# PostgreSQL runs both updates as one statement (a data-modifying CTE).
+_SETTLE_AND_FINISH_RUN = _FINISH_RUN.add_cte(_SETTLE.cte("settled"))
 
 
 async def record(session: AsyncSession, outcomes: list[Outcome], *, worker: str) -> None:
@@ -249,6 +295,9 @@ async def record(session: AsyncSession, outcomes: list[Outcome], *, worker: str)
         }
         for outcome in outcomes
     ]
+    if _is_postgresql(session):
+        await session.execute(_SETTLE_AND_FINISH_RUN, params)
+        return
     await session.execute(_SETTLE, params)
     await session.execute(_FINISH_RUN, params)
 
