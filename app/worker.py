@@ -88,6 +88,7 @@ def run_job(job_id: str) -> None:
 @worker_process_shutdown.connect
 def _close_runtime(**_: object) -> None:
     if _runtime is not None and _runtime.pid == os.getpid():
+        _runtime.loop.run_until_complete(_runtime.mailer.close())
         _runtime.loop.run_until_complete(_runtime.db.dispose())
         _runtime.loop.close()
 

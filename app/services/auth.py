@@ -8,7 +8,7 @@ family is revoked (RFC 6819, 5.2.2.3).
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core import security
@@ -24,7 +24,7 @@ from app.db.base import utcnow
 from app.db.models import RefreshToken, User
 from app.db.session import Database
 from app.schemas.auth import TokenPair
-from app.services import jobs, tasks
+from app.services import jobs, lookup, tasks
 
 
 async def check_password(db: Database, *, email: str, password: str) -> tuple[User, str | None]:
@@ -158,20 +158,10 @@ async def reset_password(session: AsyncSession, *, token: str, password: str, se
     return user
 
 
-_USER_BY_ID = select(User.__table__).where(User.__table__.c.id == bindparam("user_id"))
-
-
-async def find_user(db: Database, user_id: uuid.UUID) -> User | None:
-    """A user by id in one round trip, outside any session: the read behind every request
-    with an access token. The user is detached; a transaction that changes it loads its own."""
-    row = await db.fetch_one(_USER_BY_ID, user_id=user_id)
-    return None if row is None else User(**row)
-
-
 async def authenticate(db: Database, *, access_token: str, secret: str) -> User:
     """The active user an access token speaks for."""
     user_id, token_version = security.decode_access_token(access_token, secret=secret)
-    user = await find_user(db, user_id)
+    user = await lookup.find_user(db, user_id)
     if user is None or not user.is_active or user.token_version != token_version:
         raise InvalidToken()
     return user

@@ -136,3 +136,4 @@ class Dispatcher:
         except Exception:
             # Their leases run out and they run again: at least once, never lost.
             logger.exception("could not record %d finished job(s)", len(self._finished))
+        await self.mailer.close()

@@ -10,6 +10,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from app.core import security
 from app.db.models import User
+from app.services import lookup
 from app.services.job_runner import JobContext
 from app.services.jobs import registry
 from app.services.mailer import Mail
@@ -26,8 +27,7 @@ TEMPLATES = {
 
 
 async def _load_user(ctx: JobContext, user_id: str) -> User | None:
-    async with ctx.db.read_sessionmaker() as session:
-        return await session.get(User, uuid.UUID(user_id))
+    return await lookup.find_user(ctx.db, uuid.UUID(user_id))
 
 
 async def _send_link(

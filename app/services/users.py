@@ -14,7 +14,7 @@ from app.core.errors import EmailTaken, InvalidEmailToken, NotFound, WrongPasswo
 from app.db.models import User
 from app.db.session import Database
 from app.schemas.users import UserCreate, UserRead, UserUpdate
-from app.services import auth, idempotency, jobs, tasks
+from app.services import auth, idempotency, jobs, lookup, tasks
 
 
 async def register(
@@ -74,7 +74,7 @@ async def get_visible(db: Database, user_id: uuid.UUID, *, viewer: User) -> User
     """
     if user_id == viewer.id:
         return viewer
-    if not viewer.is_superuser or (user := await auth.find_user(db, user_id)) is None:
+    if not viewer.is_superuser or (user := await lookup.find_user(db, user_id)) is None:
         raise NotFound("User not found")
     return user
 

@@ -2,11 +2,14 @@ import asyncio
 import email
 import email.policy
 import logging
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiosmtplib
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 from fastapi import FastAPI
 from sqlalchemy import select
 
@@ -14,7 +17,7 @@ from app.core.config import Settings
 from app.db.models import Job, JobStatus
 from app.main import create_app
 from app.services.mailer import Mail, Mailer
-from tests.conftest import PASSWORD, SmtpSink, empty_tables
+from tests.conftest import PASSWORD, SmtpSink, empty_tables, make_settings
 from tests.jobs import wait_for_job
 
 MAIL = Mail(
@@ -112,3 +115,79 @@ async def test_job_log_lines_carry_the_request_id(
     [line] = [r.getMessage() for r in caplog.records if "succeeded" in r.getMessage()]
     assert "send_welcome_email" in line
     assert "[request trace-me-7]" in line
+
+
+class PeerSink:
+    """An SMTP server that notes which connection each message came on, and can refuse one or
+    hang up on the client after a message, as a server does with idle connections."""
+
+    def __init__(self) -> None:
+        self.peers: list[object] = []
+        self.refuse_next = False
+        self.hang_up_after_each = False
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        if self.refuse_next:
+            self.refuse_next = False
+            return "451 4.3.0 Try again later"
+        self.peers.append(session.peer)  # type: ignore[attr-defined]
+        if self.hang_up_after_each:
+            transport = server.transport  # type: ignore[attr-defined]
+            asyncio.get_running_loop().call_later(0.05, transport.close)
+        return "250 OK"
+
+
+@pytest.fixture
+def peer_sink() -> Iterator[tuple[PeerSink, int]]:
+    sink = PeerSink()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield sink, port
+    controller.stop()
+
+
+def _mailer(port: int) -> Mailer:
+    return Mailer(
+        make_settings(
+            "sqlite+aiosqlite:///unused.db", smtp_host="127.0.0.1", smtp_port=port, smtp_tls=False
+        )
+    )
+
+
+async def test_mails_share_one_connection(peer_sink: tuple[PeerSink, int]) -> None:
+    sink, port = peer_sink
+    mailer = _mailer(port)
+    for _ in range(3):
+        await mailer.send(MAIL)
+    await mailer.close()
+    assert len(sink.peers) == 3
+    assert len(set(sink.peers)) == 1
+
+
+async def test_a_connection_the_server_closed_is_replaced_unnoticed(
+    peer_sink: tuple[PeerSink, int],
+) -> None:
+    sink, port = peer_sink
+    sink.hang_up_after_each = True
+    mailer = _mailer(port)
+    for _ in range(3):
+        await mailer.send(MAIL)
+        await asyncio.sleep(0.1)  # the server hangs up meanwhile
+    await mailer.close()
+    assert len(set(sink.peers)) == 3
+
+
+async def test_a_connection_that_failed_is_not_used_again(peer_sink: tuple[PeerSink, int]) -> None:
+    sink, port = peer_sink
+    mailer = _mailer(port)
+    await mailer.send(MAIL)
+    sink.refuse_next = True
+    with pytest.raises(aiosmtplib.SMTPResponseException):
+        await mailer.send(MAIL)
+    await mailer.send(MAIL)
+    await mailer.close()
+    assert len(sink.peers) == 2
+    assert sink.peers[0] != sink.peers[1]
