@@ -3,8 +3,12 @@
 import asyncio
 import logging
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.utils import formatdate, parseaddr
+from email.charset import QP, Charset
+from email.header import Header
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import formataddr, formatdate, parseaddr
 from pathlib import Path
 
 import aiosmtplib
@@ -24,6 +28,19 @@ class Mail:
     # delivery can be recognised downstream.
     message_id: str
     request_id: str | None = None
+
+
+# Non-ASCII bodies go quoted-printable: readable, and safe for servers without 8BITMIME.
+_UTF8 = Charset("utf-8")
+_UTF8.body_encoding = QP
+
+
+def _part(body: str, subtype: str = "plain") -> MIMEText:
+    return MIMEText(body, subtype, "us-ascii" if body.isascii() else _UTF8)  # type: ignore[arg-type]
+
+
+def _header(text: str) -> str:
+    return text if text.isascii() else Header(text, "utf-8").encode()  # RFC 2047 when it must
 
 
 # Reasons to retry a message once on a new connection: the reused one was closed while idle.
@@ -47,17 +64,18 @@ class Mailer:
         address = parseaddr(self.settings.mail_from)[1]
         return address.rpartition("@")[2] or "localhost"
 
-    def build(self, mail: Mail) -> EmailMessage:
-        message = EmailMessage()
-        message["From"] = self.settings.mail_from
+    def build(self, mail: Mail) -> Message:
+        """The message, with the MIME classes of the compat32 policy: EmailMessage parses every
+        header through its registry, which cost three times as much CPU as sending the mail."""
+        parts = [_part(mail.text), _part(mail.html, "html")]
+        message = MIMEMultipart("alternative", _subparts=parts)
+        message["From"] = formataddr(parseaddr(self.settings.mail_from), "utf-8")
         message["To"] = mail.to
-        message["Subject"] = mail.subject
+        message["Subject"] = _header(mail.subject)
         message["Date"] = formatdate(localtime=False)
         message["Message-ID"] = f"<{mail.message_id}@{self.domain()}>"
         if mail.request_id:
             message["X-Request-ID"] = mail.request_id
-        message.set_content(mail.text)
-        message.add_alternative(mail.html, subtype="html")
         return message
 
     async def send(self, mail: Mail) -> None:
@@ -71,7 +89,7 @@ class Mailer:
             "mail to %s (%s) accepted by %s", mail.to, mail.subject, self.settings.smtp_host
         )
 
-    async def _deliver(self, message: EmailMessage) -> None:
+    async def _deliver(self, message: Message) -> None:
         while self._idle:
             smtp = self._idle.pop()
             if not smtp.is_connected:
@@ -124,7 +142,7 @@ class Mailer:
             except (aiosmtplib.SMTPException, OSError):
                 smtp.close()
 
-    def _write_file(self, message: EmailMessage, message_id: str) -> Path:
+    def _write_file(self, message: Message, message_id: str) -> Path:
         directory = self.settings.mail_dir
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{message_id}.eml"

@@ -19,6 +19,7 @@ from app.main import create_app
 from app.services.mailer import Mail, Mailer
 from tests.conftest import PASSWORD, SmtpSink, empty_tables, make_settings
 from tests.jobs import wait_for_job
+from tests.mail import text_body
 
 MAIL = Mail(
     to="reader@example.com",
@@ -191,3 +192,22 @@ async def test_a_connection_that_failed_is_not_used_again(peer_sink: tuple[PeerS
     await mailer.close()
     assert len(sink.peers) == 2
     assert sink.peers[0] != sink.peers[1]
+
+
+async def test_non_ascii_names_and_text_arrive_intact(settings: Settings, smtp: SmtpSink) -> None:
+    sender = settings.model_copy(update={"mail_from": "Kontenprüfung <no-reply@example.com>"})
+    mail = Mail(
+        to="reader@example.com",
+        subject="Willkommen, Jürgen",
+        text="Grüße, Jürgen: https://example.com/verify-email?token=abc.def",
+        html="<p>Grüße, Jürgen</p>",
+        message_id="7f1d6e2a-0000-4000-8000-000000000001",
+    )
+    await Mailer(sender).send(mail)
+    (message,) = await smtp.wait_for(1)
+    assert message["Subject"] == "Willkommen, Jürgen"
+    assert message["From"] == "Kontenprüfung <no-reply@example.com>"
+    assert text_body(message) == mail.text
+    html = message.get_body(preferencelist=("html",))
+    assert html is not None
+    assert html.get_content() == mail.html
