@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -147,18 +148,19 @@ class Database:
                     wake()
 
     @asynccontextmanager
-    async def statement(self) -> AsyncIterator[AsyncSession]:
-        """A session for writes made in one statement.
+    async def statement(self) -> AsyncIterator[AsyncConnection]:
+        """A connection, without an ORM session, for writes made in one statement.
 
         PostgreSQL runs a single statement atomically by itself, so it runs in autocommit: one
         round trip instead of BEGIN, the statement and COMMIT. Elsewhere it is a transaction.
         """
-        if self.engine.dialect.name != "postgresql":
-            async with self.transaction() as session:
-                yield session
-            return
-        async with self.read_sessionmaker() as session:
-            yield session
+        async with self.engine.connect() as connection:
+            if self.engine.dialect.name == "postgresql":
+                yield connection
+                return
+            writer = await connection.execution_options(**transaction_options(self.engine))
+            async with writer.begin():
+                yield writer
 
     async def fetch_one(self, statement: Select[Any], **params: Any) -> Mapping[str, Any] | None:
         """The first row of a read, in one autocommit round trip.

@@ -29,7 +29,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql import Executable
 
 from app.core import metrics
@@ -69,6 +69,10 @@ class ClaimedJob:
     max_attempts: int
     request_id: str | None
 
+
+# Claims and outcomes run in the ORM session of a larger transaction (the embedded
+# dispatcher's round) or on a bare connection (a Celery delivery: less work per job).
+Executor = AsyncSession | AsyncConnection
 
 # `now` is a value, or a bind parameter in the statements built once below.
 Moment = datetime | ColumnElement[datetime]
@@ -150,7 +154,7 @@ _CLAIM = {
 
 
 async def claim_due(
-    session: AsyncSession,
+    session: Executor,
     *,
     worker: str,
     limit: int,
@@ -176,8 +180,9 @@ async def claim_due(
     return claimed
 
 
-def _is_postgresql(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
+def _is_postgresql(executor: Executor) -> bool:
+    bind = executor.get_bind() if isinstance(executor, AsyncSession) else executor
+    return bind.dialect.name == "postgresql"
 
 
 @dataclass(frozen=True)
@@ -276,7 +281,7 @@ _FINISH_RUN = (
 _SETTLE_AND_FINISH_RUN = _FINISH_RUN.add_cte(_SETTLE.cte("settled"))
 
 
-async def record(session: AsyncSession, outcomes: list[Outcome], *, worker: str) -> None:
+async def record(session: Executor, outcomes: list[Outcome], *, worker: str) -> None:
     """Write outcomes in the caller's transaction, unless a lease was lost to another worker."""
     if not outcomes:
         return
