@@ -101,8 +101,8 @@ async def claim(
     db: Database, *, worker: str, limit: int, lease: timedelta, job_id: uuid.UUID | None = None
 ) -> list[ClaimedJob]:
     """Take up to `limit` due jobs (or the one given) for `worker`, each with a lease."""
-    async with db.statement() as session:
-        return await claim_due(session, worker=worker, limit=limit, lease=lease, job_id=job_id)
+    async with db.statement() as connection:
+        return await claim_due(connection, worker=worker, limit=limit, lease=lease, job_id=job_id)
 
 
 def _claim_statement(*, one_job: bool, with_runs: bool) -> Executable:
@@ -201,8 +201,8 @@ async def execute(
 ) -> None:
     """Run one claimed job and record how it ended."""
     outcome = await run(job, db=db, settings=settings, mailer=mailer)
-    async with db.statement() as session:
-        await record(session, [outcome], worker=worker)
+    async with db.statement() as connection:
+        await record(connection, [outcome], worker=worker)
 
 
 async def run(job: ClaimedJob, *, db: Database, settings: Settings, mailer: Mailer) -> Outcome:
