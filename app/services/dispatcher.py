@@ -54,16 +54,19 @@ class Dispatcher:
             try:
                 # An idle poll asks cheaply first, so it never takes a write lock for nothing.
                 if self._finished or woken or await job_runner.has_work(self.db):
-                    if loop.time() >= next_sweep:
+                    # Every half lease: bury the abandoned last attempts and take over the
+                    # other abandoned jobs; the rounds between only look at pending ones.
+                    sweep = loop.time() >= next_sweep
+                    if sweep:
                         await job_runner.bury_abandoned(self.db)
                         next_sweep = loop.time() + lease.total_seconds() / 2
-                    if await self._round(lease):
+                    if await self._round(lease, abandoned=sweep):
                         continue  # every slot filled: there may be more due right now
             except Exception:
                 logger.exception("could not record or claim jobs; trying again shortly")
             woken = await self._sleep()
 
-    async def _round(self, lease: timedelta) -> bool:
+    async def _round(self, lease: timedelta, *, abandoned: bool) -> bool:
         """Record finished jobs and claim new ones; True when every free slot was filled."""
         finished, self._finished = self._finished, []
         free = 0 if self._stopping else self.settings.job_concurrency - len(self._running)
@@ -75,7 +78,7 @@ class Dispatcher:
                 claimed = []
                 if free > 0:
                     claimed = await job_runner.claim_due(
-                        session, worker=self.worker, limit=free, lease=lease
+                        session, worker=self.worker, limit=free, lease=lease, abandoned=abandoned
                     )
         except BaseException:
             self._finished[:0] = finished  # not recorded: try again next round

@@ -30,7 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import Executable, Select
 
 from app.core import metrics
 from app.core.config import Settings
@@ -102,19 +102,12 @@ async def claim(
 ) -> list[ClaimedJob]:
     """Take up to `limit` due jobs (or the one given) for `worker`, each with a lease."""
     async with db.statement() as connection:
-        return await claim_due(connection, worker=worker, limit=limit, lease=lease, job_id=job_id)
+        return await claim_due(
+            connection, worker=worker, limit=limit, lease=lease, job_id=job_id, abandoned=True
+        )
 
 
-def _claim_statement(*, one_job: bool, with_runs: bool) -> Executable:
-    """Built once per variant: building a statement this size costs more CPU than running it."""
-    candidates = (
-        select(jobs.c.id)
-        .where(due(_NOW))
-        .order_by(jobs.c.run_at)
-        .limit(bindparam("b_limit", type_=Integer))
-    )
-    if one_job:
-        candidates = candidates.where(jobs.c.id == bindparam("b_job_id", type_=jobs.c.id.type))
+def _claim_statement(candidates: Select[Any], *, with_runs: bool) -> Executable:
     worker = bindparam("b_worker", type_=jobs.c.locked_by.type)
     take = (
         update(jobs)
@@ -146,9 +139,29 @@ def _claim_statement(*, one_job: bool, with_runs: bool) -> Executable:
     return select(claimed).add_cte(runs.cte("runs"))
 
 
+_LIMIT = bindparam("b_limit", type_=Integer)
+_RETRIES_LEFT = jobs.c.attempts < jobs.c.max_attempts
+# What a claim picks from, each served by an index: the next pending jobs in the order they
+# fall due (ix_jobs_pending_run_at, read only as far as the limit, however long the backlog);
+# jobs whose lease ran out; or one job by id (a Celery delivery).
+_CANDIDATES = {
+    "pending": select(jobs.c.id)
+    .where(
+        jobs.c.status.in_((JobStatus.QUEUED, JobStatus.FAILED)),
+        jobs.c.run_at <= _NOW,
+        _RETRIES_LEFT,
+    )
+    .order_by(jobs.c.run_at)
+    .limit(_LIMIT),
+    "abandoned": select(jobs.c.id).where(abandoned(_NOW), _RETRIES_LEFT).limit(_LIMIT),
+    "one": select(jobs.c.id)
+    .where(due(_NOW), jobs.c.id == bindparam("b_job_id", type_=jobs.c.id.type))
+    .limit(_LIMIT),
+}
+# Built once per variant: building a statement this size costs more CPU than running it.
 _CLAIM = {
-    (one_job, with_runs): _claim_statement(one_job=one_job, with_runs=with_runs)
-    for one_job in (False, True)
+    (kind, with_runs): _claim_statement(candidates, with_runs=with_runs)
+    for kind, candidates in _CANDIDATES.items()
     for with_runs in (False, True)
 }
 
@@ -160,15 +173,37 @@ async def claim_due(
     limit: int,
     lease: timedelta,
     job_id: uuid.UUID | None = None,
+    abandoned: bool = False,
 ) -> list[ClaimedJob]:
-    """claim() in the caller's transaction."""
+    """claim() in the caller's transaction; with `abandoned`, jobs whose lease ran out first."""
+    if job_id is not None:
+        return await _claim(session, "one", worker=worker, limit=1, lease=lease, job_id=job_id)
+    claimed = []
+    if abandoned:
+        claimed = await _claim(session, "abandoned", worker=worker, limit=limit, lease=lease)
+    if len(claimed) < limit:
+        claimed += await _claim(
+            session, "pending", worker=worker, limit=limit - len(claimed), lease=lease
+        )
+    return claimed
+
+
+async def _claim(
+    session: Executor,
+    kind: str,
+    *,
+    worker: str,
+    limit: int,
+    lease: timedelta,
+    job_id: uuid.UUID | None = None,
+) -> list[ClaimedJob]:
     now = utcnow()
     params = {"b_now": now, "b_limit": limit, "b_worker": worker, "b_locked_until": now + lease}
     if job_id is not None:
         params["b_job_id"] = job_id
     postgresql = _is_postgresql(session)
-    statement = _CLAIM[job_id is not None, postgresql]
-    claimed = [ClaimedJob(*row) for row in await session.execute(statement, params)]
+    rows = await session.execute(_CLAIM[kind, postgresql], params)
+    claimed = [ClaimedJob(*row) for row in rows]
     if claimed and not postgresql:
         await session.execute(
             insert(job_runs),

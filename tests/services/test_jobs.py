@@ -153,6 +153,41 @@ async def test_a_job_whose_lease_expired_runs_again(app: FastAPI) -> None:
     assert workers == ["crashed-worker", survivor.worker]
 
 
+async def test_a_claim_takes_abandoned_jobs_first_then_pending_ones_as_they_fell_due(
+    app: FastAPI,
+) -> None:
+    """Pending jobs come in run_at order (from ix_jobs_pending_run_at), never more than the
+    limit; jobs whose lease ran out are taken over when the claim asks for them."""
+    db: Database = app.state.db
+    await app.state.jobs.stop()
+    now = utcnow()
+    newest, oldest, middle, crashed = [
+        await enqueue(db, record_run, key=key) for key in ("newest", "oldest", "middle", "crashed")
+    ]
+    async with db.transaction() as session:
+        for job_id, age in ((newest, 1), (oldest, 30), (middle, 10)):
+            await session.execute(
+                update(Job).where(Job.id == job_id).values(run_at=now - timedelta(seconds=age))
+            )
+        await session.execute(
+            update(Job)
+            .where(Job.id == crashed)
+            .values(
+                status=JobStatus.RUNNING,
+                attempts=1,
+                locked_by="gone",
+                locked_until=now - timedelta(seconds=1),
+            )
+        )
+    lease = timedelta(seconds=30)
+    async with db.transaction() as session:
+        pending_only = await job_runner.claim_due(session, worker="w", limit=2, lease=lease)
+    assert {job.id for job in pending_only} == {oldest, middle}  # RETURNING has no order
+    async with db.transaction() as session:
+        both = await job_runner.claim_due(session, worker="w", limit=2, lease=lease, abandoned=True)
+    assert {job.id: job.attempts for job in both} == {crashed: 2, newest: 1}
+
+
 async def test_an_abandoned_last_attempt_is_dead(app: FastAPI) -> None:
     db: Database = app.state.db
     await app.state.jobs.stop()
