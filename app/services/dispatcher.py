@@ -60,13 +60,13 @@ class Dispatcher:
                     if sweep:
                         await job_runner.bury_abandoned(self.db)
                         next_sweep = loop.time() + lease.total_seconds() / 2
-                    if await self._round(lease, abandoned=sweep):
+                    if await self._round(lease, include_abandoned=sweep):
                         continue  # every slot filled: there may be more due right now
             except Exception:
                 logger.exception("could not record or claim jobs; trying again shortly")
             woken = await self._sleep()
 
-    async def _round(self, lease: timedelta, *, abandoned: bool) -> bool:
+    async def _round(self, lease: timedelta, *, include_abandoned: bool) -> bool:
         """Record finished jobs and claim new ones; True when every free slot was filled."""
         finished, self._finished = self._finished, []
         free = 0 if self._stopping else self.settings.job_concurrency - len(self._running)
@@ -78,7 +78,11 @@ class Dispatcher:
                 claimed = []
                 if free > 0:
                     claimed = await job_runner.claim_due(
-                        session, worker=self.worker, limit=free, lease=lease, abandoned=abandoned
+                        session,
+                        worker=self.worker,
+                        limit=free,
+                        lease=lease,
+                        include_abandoned=include_abandoned,
                     )
         except BaseException:
             self._finished[:0] = finished  # not recorded: try again next round

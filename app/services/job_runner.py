@@ -103,7 +103,12 @@ async def claim(
     """Take up to `limit` due jobs (or the one given) for `worker`, each with a lease."""
     async with db.statement() as connection:
         return await claim_due(
-            connection, worker=worker, limit=limit, lease=lease, job_id=job_id, abandoned=True
+            connection,
+            worker=worker,
+            limit=limit,
+            lease=lease,
+            job_id=job_id,
+            include_abandoned=True,
         )
 
 
@@ -173,13 +178,14 @@ async def claim_due(
     limit: int,
     lease: timedelta,
     job_id: uuid.UUID | None = None,
-    abandoned: bool = False,
+    include_abandoned: bool = False,
 ) -> list[ClaimedJob]:
-    """claim() in the caller's transaction; with `abandoned`, jobs whose lease ran out first."""
+    """claim() in the caller's transaction; with `include_abandoned`, jobs whose lease ran out
+    come first."""
     if job_id is not None:
         return await _claim(session, "one", worker=worker, limit=1, lease=lease, job_id=job_id)
     claimed = []
-    if abandoned:
+    if include_abandoned:
         claimed = await _claim(session, "abandoned", worker=worker, limit=limit, lease=lease)
     if len(claimed) < limit:
         claimed += await _claim(

@@ -95,16 +95,14 @@ class Mailer:
             if not smtp.is_connected:
                 continue
             try:
-                await smtp.send_message(message)
+                await self._send_on(smtp, message)
+                return
             except _STALE:
-                smtp.close()
                 break  # the server hung up on an idle connection: a new one below
-            except BaseException:
-                smtp.close()
-                raise
-            self._put_back(smtp)
-            return
-        smtp = await self._connect()
+        await self._send_on(await self._connect(), message)
+
+    async def _send_on(self, smtp: aiosmtplib.SMTP, message: Message) -> None:
+        """Send, then keep the connection for the next message; close it if anything failed."""
         try:
             await smtp.send_message(message)
         except BaseException:

@@ -184,7 +184,9 @@ async def test_a_claim_takes_abandoned_jobs_first_then_pending_ones_as_they_fell
         pending_only = await job_runner.claim_due(session, worker="w", limit=2, lease=lease)
     assert {job.id for job in pending_only} == {oldest, middle}  # RETURNING has no order
     async with db.transaction() as session:
-        both = await job_runner.claim_due(session, worker="w", limit=2, lease=lease, abandoned=True)
+        both = await job_runner.claim_due(
+            session, worker="w", limit=2, lease=lease, include_abandoned=True
+        )
     assert {job.id: job.attempts for job in both} == {crashed: 2, newest: 1}
 
 
