@@ -185,10 +185,13 @@ class Database:
             row: Mapping[str, Any] | None = await driver.fetchrow(
                 sql, *(params[name] for name in names)
             )
-        except BaseException as error:
-            if driver.is_closed():
-                pooled.invalidate(error)  # not back into the pool
-            raise
+        except Exception as error:
+            if not driver.is_closed():
+                raise
+            # Lost mid-query: asyncpg may report it as a protocol state error rather than a
+            # connection error. Either way the database went away: unavailable, a 503.
+            pooled.invalidate(error)  # not back into the pool
+            raise ConnectionError("the database connection was lost") from error
         finally:
             await greenlet_spawn(pooled.close)
         return row
