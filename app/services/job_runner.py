@@ -36,7 +36,7 @@ from app.core import metrics
 from app.core.config import Settings
 from app.db.base import utcnow
 from app.db.models import Job, JobRun, JobStatus
-from app.db.session import Database
+from app.db.session import Database, DriverConnection
 from app.services.jobs import registry
 from app.services.mailer import Mailer
 
@@ -72,7 +72,7 @@ class ClaimedJob:
 
 # Claims and outcomes run in the ORM session of a larger transaction (the embedded
 # dispatcher's round) or on a bare connection (a Celery delivery: less work per job).
-Executor = AsyncSession | AsyncConnection
+Executor = AsyncSession | AsyncConnection | DriverConnection
 
 # `now` is a value, or a bind parameter in the statements built once below.
 Moment = datetime | ColumnElement[datetime]
