@@ -68,7 +68,10 @@ def runtime() -> _Runtime:
         _runtime = _Runtime(
             pid=os.getpid(),
             loop=loop,
-            db=Database(create_engine(settings)),
+            # A worker commits job bookkeeping only (and what jobs write), all of it repeated
+            # if a database crash loses it: the claim or outcome undone, the job runs again.
+            # A job is never lost this way: its row was committed, durably, by whoever enqueued it.
+            db=Database(create_engine(settings, wait_for_flush=False)),
             settings=settings,
             mailer=Mailer(settings),
             worker=f"celery:{socket.gethostname()}:{os.getpid()}",

@@ -1,16 +1,17 @@
 """Core statements run on the asyncpg driver (Database.statement() and fetch_one on PostgreSQL)
-bind their values as SQLAlchemy would, constants included."""
+bind their values as SQLAlchemy would, constants included; and the engine's commit mode."""
 
 from datetime import datetime, timedelta
 from typing import cast
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import Table, bindparam, insert, select
+from sqlalchemy import Table, bindparam, insert, select, text
 
+from app.core.config import Settings
 from app.db.base import utcnow
 from app.db.models import Job, JobStatus
-from app.db.session import Database, DriverConnection
+from app.db.session import Database, DriverConnection, create_engine
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -58,3 +59,16 @@ async def test_an_in_list_from_the_caller_is_refused(app: FastAPI) -> None:
     async with app.state.db.statement() as connection:
         with pytest.raises(TypeError, match="IN list"):
             await connection.execute(ids, {"ids": []})
+
+
+@pytest.mark.parametrize(("wait_for_flush", "synchronous_commit"), [(True, "on"), (False, "off")])
+async def test_an_engine_may_commit_without_waiting_for_the_flush(
+    settings: Settings, wait_for_flush: bool, synchronous_commit: str
+) -> None:
+    """The Celery worker's engine: its commits are job bookkeeping, repeated when lost."""
+    engine = create_engine(settings, wait_for_flush=wait_for_flush)
+    try:
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SHOW synchronous_commit")) == synchronous_commit
+    finally:
+        await engine.dispose()
