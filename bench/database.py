@@ -135,6 +135,33 @@ async def job_counts(url: str, *, name: str | None = None) -> dict[str, int]:
     return {str(status): int(count) for status, count in rows}
 
 
+class JobWatch:
+    """Watches jobs drain, over one connection, with checks that stop at the first row.
+
+    The watching shares the machine with what it measures: a new connection (a backend forked
+    by PostgreSQL) and a count of the whole table ten times a second cost it several percent of
+    a core, which raw Celery's watcher (two Redis lengths) did not pay."""
+
+    _LEFT = "SELECT EXISTS (SELECT 1 FROM jobs WHERE status IN ('queued', 'running', 'failed'))"
+    _DONE = "SELECT EXISTS (SELECT 1 FROM jobs WHERE status IN ('succeeded', 'dead'))"
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+
+    @classmethod
+    async def open(cls, url: str) -> "JobWatch":
+        return cls(await asyncpg.connect(plain_dsn(url)))
+
+    async def any_done(self) -> bool:
+        return bool(await self.connection.fetchval(self._DONE))
+
+    async def any_left(self) -> bool:
+        return bool(await self.connection.fetchval(self._LEFT))
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
 async def welcome_jobs(url: str) -> list[tuple[str, str, datetime]]:
     """(job id, user id, created_at) of every welcome email job."""
     table = JOBS

@@ -117,21 +117,23 @@ async def welcome_latency(
 
 
 async def _wait_for_succeeded(
-    url: str, count: int, timeout_s: float
+    url: str, timeout_s: float
 ) -> tuple[float | None, float, dict[str, int]]:
-    """(seconds to the first success, seconds until all are done, final counts)."""
+    """(seconds to the first success, seconds until none is left, final counts)."""
     started = time.monotonic()
     first: float | None = None
-    counts: dict[str, int] = {}
-    while time.monotonic() - started < timeout_s:
-        counts = await database.job_counts(url, name=NOOP_JOB)
-        done = counts.get("succeeded", 0) + counts.get("dead", 0)
-        if first is None and done:
-            first = time.monotonic() - started
-        if done >= count:
-            break
-        await asyncio.sleep(0.1)
-    return first, time.monotonic() - started, counts
+    watch = await database.JobWatch.open(url)
+    try:
+        while time.monotonic() - started < timeout_s:
+            if first is None and await watch.any_done():
+                first = time.monotonic() - started
+            if first is not None and not await watch.any_left():
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await watch.close()
+    total = time.monotonic() - started
+    return first, total, await database.job_counts(url, name=NOOP_JOB)
 
 
 async def service_noop_throughput(
@@ -151,7 +153,7 @@ async def service_noop_throughput(
         if profile
         else None
     )
-    first, total, counts = await _wait_for_succeeded(d.database_url, count, timeout_s=900)
+    first, total, counts = await _wait_for_succeeded(d.database_url, timeout_s=900)
     if profiler:
         await asyncio.to_thread(profiler.join)
     cpu = system.cpu_delta(cpu_before, system.tree_cpu(p.pid for p in processes))
