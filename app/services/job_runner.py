@@ -342,7 +342,9 @@ async def record(session: Executor, outcomes: list[Outcome], *, worker: str) -> 
         for outcome in outcomes
     ]
     if _is_postgresql(session):
-        await session.execute(_SETTLE_AND_FINISH_RUN, params)
+        # One outcome (a Celery delivery, a quiet dispatcher): a plain execution, cheaper
+        # than the executemany machinery.
+        await session.execute(_SETTLE_AND_FINISH_RUN, params if len(params) > 1 else params[0])
         return
     await session.execute(_SETTLE, params)
     await session.execute(_FINISH_RUN, params)
@@ -413,7 +415,17 @@ async def run_one(
     nothing to claim and does nothing.
     """
     lease = timedelta(seconds=settings.job_lease_seconds)
-    claimed = await claim(db, worker=worker, limit=1, lease=lease, job_id=job_id)
-    for job in claimed:
-        await execute(job, worker=worker, db=db, settings=settings, mailer=mailer)
+    if not db.is_postgresql:
+        # Claim and outcome are writing transactions, never held while the job runs: on
+        # SQLite that would lock out every other writer.
+        claimed = await claim(db, worker=worker, limit=1, lease=lease, job_id=job_id)
+        for job in claimed:
+            await execute(job, worker=worker, db=db, settings=settings, mailer=mailer)
+        return bool(claimed)
+    # One autocommit connection for both, idle while the job runs: a pool checkout less.
+    async with db.statement() as connection:
+        claimed = await claim_due(connection, worker=worker, limit=1, lease=lease, job_id=job_id)
+        for job in claimed:
+            outcome = await run(job, db=db, settings=settings, mailer=mailer)
+            await record(connection, [outcome], worker=worker)
     return bool(claimed)
