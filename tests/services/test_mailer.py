@@ -16,7 +16,7 @@ from sqlalchemy import select
 from app.core.config import Settings
 from app.db.models import Job, JobStatus
 from app.main import create_app
-from app.services.mailer import Mail, Mailer
+from app.services.mailer import Mail, Mailer, as_bytes
 from tests.conftest import PASSWORD, SmtpSink, empty_tables, make_settings
 from tests.jobs import wait_for_job
 from tests.mail import text_body
@@ -211,3 +211,33 @@ async def test_non_ascii_names_and_text_arrive_intact(settings: Settings, smtp: 
     html = message.get_body(preferencelist=("html",))
     assert html is not None
     assert html.get_content() == mail.html
+
+
+@pytest.mark.parametrize(
+    "mail",
+    [
+        MAIL,
+        Mail(
+            to="jürgen@example.com",
+            subject="Willkommen, Jürgen, und danke für die Anmeldung bei unserem Dienst heute",
+            text="Grüße\n.\nA line that starts with a dot, and one that is long enough to be "
+            "folded by quoted-printable encoding, which wraps at seventy-six characters",
+            html="<p>Grüße</p>",
+            message_id="7f1d6e2a-0000-4000-8000-000000000002",
+        ),
+        Mail(
+            to="reader@example.com",
+            subject="A subject in plain ASCII that is far too long to fit on the one line a "
+            "header gets before folding",
+            text="plain",
+            html="<p>plain</p>",
+            message_id="7f1d6e2a-0000-4000-8000-000000000003",
+        ),
+    ],
+    ids=["ascii", "non-ascii", "long-subject"],
+)
+def test_messages_are_written_as_compat32_writes_them(settings: Settings, mail: Mail) -> None:
+    """The faster policy only skips folding where folding changes nothing."""
+    sender = settings.model_copy(update={"mail_from": "Kontenprüfung <no-reply@example.com>"})
+    message = Mailer(sender).build(mail)
+    assert as_bytes(message) == message.as_bytes(policy=email.policy.compat32)
