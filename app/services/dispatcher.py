@@ -2,8 +2,9 @@
 
 Woken at once by a commit that enqueued and by every job that finishes; polling every
 JOB_POLL_SECONDS for retries that fall due and for jobs enqueued by other processes. At most
-JOB_CONCURRENCY jobs run at a time. Each round is one transaction: it records the outcomes of
-the jobs that finished since the last round and claims as many due jobs as there are free slots.
+JOB_CONCURRENCY jobs run at a time. Each round records the outcomes of the jobs that finished
+since the last round and claims as many due jobs as there are free slots: two statements, each
+atomic by itself (on PostgreSQL autocommit on the driver, on SQLite one transaction).
 """
 
 import asyncio
@@ -73,19 +74,20 @@ class Dispatcher:
         if not finished and free <= 0:
             return False
         try:
-            async with self.db.transaction() as session:
-                await job_runner.record(session, finished, worker=self.worker)
+            async with self.db.statement() as connection:
+                await job_runner.record(connection, finished, worker=self.worker)
                 claimed = []
                 if free > 0:
                     claimed = await job_runner.claim_due(
-                        session,
+                        connection,
                         worker=self.worker,
                         limit=free,
                         lease=lease,
                         include_abandoned=include_abandoned,
                     )
         except BaseException:
-            self._finished[:0] = finished  # not recorded: try again next round
+            # Perhaps not recorded: again next round (where it was, that changes nothing).
+            self._finished[:0] = finished
             raise
         for job in claimed:
             task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
@@ -137,8 +139,8 @@ class Dispatcher:
             if unfinished:
                 logger.info("returned %d unfinished job(s) to the queue", len(unfinished))
         try:
-            async with self.db.transaction() as session:
-                await job_runner.record(session, self._finished, worker=self.worker)
+            async with self.db.statement() as connection:
+                await job_runner.record(connection, self._finished, worker=self.worker)
             self._finished.clear()
         except Exception:
             # Their leases run out and they run again: at least once, never lost.
