@@ -37,8 +37,13 @@ class Dispatcher:
         self._finished: list[job_runner.Outcome] = []
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        # False once a claim left slots free (nothing more was due) and nothing since then
+        # can have made a job due: a round that only records outcomes then claims nothing.
+        self._maybe_due = True
 
     def wake(self) -> None:
+        """Jobs were committed."""
+        self._maybe_due = True
         self._wake.set()
 
     def start(self) -> None:
@@ -71,8 +76,12 @@ class Dispatcher:
         """Record finished jobs and claim new ones; True when every free slot was filled."""
         finished, self._finished = self._finished, []
         free = 0 if self._stopping else self.settings.job_concurrency - len(self._running)
+        if not self._maybe_due and not include_abandoned:
+            free = 0
         if not finished and free <= 0:
             return False
+        if free > 0:
+            self._maybe_due = False  # a wake during the claim sets it again
         try:
             async with self.db.statement() as connection:
                 await job_runner.record(connection, finished, worker=self.worker)
@@ -88,12 +97,16 @@ class Dispatcher:
         except BaseException:
             # Perhaps not recorded: again next round (where it was, that changes nothing).
             self._finished[:0] = finished
+            self._maybe_due = True
             raise
         for job in claimed:
             task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
             self._running[task] = job
             task.add_done_callback(self._on_done)
-        return bool(claimed) and len(claimed) == free
+        filled = bool(claimed) and len(claimed) == free
+        if filled:
+            self._maybe_due = True  # more may be due right now
+        return filled
 
     async def _sleep(self) -> bool:
         """Wait for a wake-up or the poll interval; True when woken."""
@@ -101,6 +114,7 @@ class Dispatcher:
             async with asyncio.timeout(self.settings.job_poll_seconds):
                 await self._wake.wait()
         except TimeoutError:
+            self._maybe_due = True  # retries fall due; other processes enqueue
             return False
         return True
 

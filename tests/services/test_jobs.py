@@ -99,6 +99,39 @@ async def test_the_dispatcher_is_woken_by_the_commit_not_by_polling(
         await empty_tables(app)
 
 
+async def test_a_round_that_only_records_does_not_claim_when_nothing_was_left(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a claim that left slots free, a finished job's round records and asks no more:
+    only a commit, the poll, or a full claim can have made more jobs due."""
+    claims: list[list[uuid.UUID]] = []
+    claim_due = job_runner.claim_due
+
+    async def counted(*args: object, **kwargs: object) -> list[job_runner.ClaimedJob]:
+        claimed = await claim_due(*args, **kwargs)  # type: ignore[arg-type]
+        claims.append([job.id for job in claimed])
+        return claimed
+
+    monkeypatch.setattr(job_runner, "claim_due", counted)
+    slow_poll = settings.model_copy(update={"job_poll_seconds": 60.0})
+    app = await asyncio.to_thread(create_app, slow_poll)  # building an app is sync work
+    async with app.router.lifespan_context(app):
+        try:
+            async with asyncio.timeout(5):
+                while not claims:  # the look at start, so it cannot overlap the commit below
+                    await asyncio.sleep(0.01)
+            first = await enqueue(app.state.db, record_run, key="first")
+            await wait_for_job(app.state.db, first, JobStatus.SUCCEEDED)
+            await asyncio.sleep(0.2)  # the round that recorded it is over
+            assert claims[1:] == [[first]]  # no claim after the one that took it
+            second = await enqueue(app.state.db, record_run, key="second")  # a commit wakes it
+            await wait_for_job(app.state.db, second, JobStatus.SUCCEEDED)
+            assert claims[1:] == [[first], [second]]
+        finally:
+            await app.state.jobs.stop()
+            await empty_tables(app)
+
+
 async def test_a_failing_job_is_retried_then_dead_with_its_error(app: FastAPI) -> None:
     job_id = await enqueue(app.state.db, always_fail)
     job = await wait_for_job(app.state.db, job_id, JobStatus.DEAD)
