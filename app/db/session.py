@@ -159,11 +159,11 @@ class Database:
 
     @asynccontextmanager
     async def statement(self) -> AsyncIterator["AsyncConnection | DriverConnection"]:
-        """A connection, without an ORM session, for writes made in one statement.
+        """A connection, without an ORM session, for writes that are each one statement.
 
-        PostgreSQL runs a single statement atomically by itself, so it runs in autocommit on
-        the driver: one round trip instead of BEGIN, the statement and COMMIT, and none of
-        SQLAlchemy's execution layer. Elsewhere it is a transaction.
+        PostgreSQL runs a single statement atomically by itself, so they run in autocommit on
+        the driver: one round trip each instead of BEGIN, the statement and COMMIT, and none
+        of SQLAlchemy's execution layer. Elsewhere the block is one transaction.
         """
         if self.is_postgresql:
             async with self._driver() as driver:
@@ -256,10 +256,10 @@ class DriverSQL:
 class DriverConnection:
     """A pooled asyncpg connection running Core statements without SQLAlchemy's execution layer.
 
-    For the statements on the hottest paths: the user behind an access token, a Celery
-    delivery's claim and outcome. Each statement is compiled once and is its own transaction
-    (autocommit). Rows come back as asyncpg records, decoded by the driver: JSON by the codec
-    SQLAlchemy installs on each connection; no result processors run.
+    For the statements on the hottest paths: the user behind an access token, the claims and
+    outcomes of jobs. Each statement is compiled once and is its own transaction (autocommit).
+    Rows come back as asyncpg records, decoded by the driver: JSON by the codec SQLAlchemy
+    installs on each connection; no result processors run.
     """
 
     def __init__(self, driver: Any, dialect: Dialect, cache: dict[Executable, DriverSQL]) -> None:

@@ -70,8 +70,8 @@ class ClaimedJob:
     request_id: str | None
 
 
-# Claims and outcomes run in the ORM session of a larger transaction (the embedded
-# dispatcher's round) or on a bare connection (a Celery delivery: less work per job).
+# Claims and outcomes run on Database.statement() (the asyncpg driver in autocommit on
+# PostgreSQL, one transaction on SQLite), or in the caller's ORM session.
 Executor = AsyncSession | AsyncConnection | DriverConnection
 
 # `now` is a value, or a bind parameter in the statements built once below.
