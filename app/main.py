@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db: Database = app.state.db
         await startup.ensure_first_superuser(db, settings)
         runner: Dispatcher | Relay = app.state.jobs
-        db.on_jobs_committed.append(runner.wake)
+        db.jobs_listener = runner
         runner.start()
         try:
             yield

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Dialect, make_url
@@ -31,7 +31,8 @@ from app.core.errors import AppError
 
 # Execution option that marks a SQLite connection whose transaction will write.
 SQLITE_WRITER = "sqlite_writer"
-# Session.info flag: this transaction enqueued jobs; whoever runs them is woken on commit.
+# Session.info key: the jobs this transaction enqueued (a list, empty when it only made jobs due
+# again); whoever runs jobs in this process hears of them as the transaction commits.
 JOBS_ENQUEUED = "jobs_enqueued"
 # A pooled connection idle for longer than this is pinged before use. One in steady use is not:
 # a ping per checkout would be a round trip on every request.
@@ -129,6 +130,16 @@ def transaction_options(engine: AsyncEngine) -> dict[str, Any]:
     return {"isolation_level": "READ COMMITTED"}
 
 
+class JobsListener(Protocol):
+    """Whoever runs jobs in this process: the embedded dispatcher, or the relay to Celery."""
+
+    def committing(self, session: AsyncSession, enqueued: list[Any]) -> Callable[[bool], None]:
+        """Called just before a transaction that enqueued commits. It may take jobs of
+        `enqueued` for itself, changing them before they are written; what it returns is told
+        whether the commit went through."""
+        ...
+
+
 class Database:
     """The engine with its two session factories: transactional and autocommit reads."""
 
@@ -137,7 +148,7 @@ class Database:
         writer = engine.execution_options(**transaction_options(engine))
         self.sessionmaker = async_sessionmaker(writer, expire_on_commit=False)
         self.read_sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
-        self.on_jobs_committed: list[Callable[[], None]] = []
+        self.jobs_listener: JobsListener | None = None
         self._driver_sql: dict[Executable, DriverSQL] = {}
 
     @asynccontextmanager
@@ -147,15 +158,25 @@ class Database:
             try:
                 yield session
             except AppError as exc:
-                await (session.commit() if exc.keeps_changes else session.rollback())
+                await (self._commit(session) if exc.keeps_changes else session.rollback())
                 raise
             except BaseException:
                 await session.rollback()
                 raise
+            await self._commit(session)
+
+    async def _commit(self, session: AsyncSession) -> None:
+        enqueued = session.info.pop(JOBS_ENQUEUED, None)
+        if enqueued is None or self.jobs_listener is None:
             await session.commit()
-            if session.info.pop(JOBS_ENQUEUED, False):
-                for wake in self.on_jobs_committed:
-                    wake()
+            return
+        committed = self.jobs_listener.committing(session, enqueued)
+        try:
+            await session.commit()
+        except BaseException:
+            committed(False)
+            raise
+        committed(True)
 
     @asynccontextmanager
     async def statement(self) -> AsyncIterator["AsyncConnection | DriverConnection"]:

@@ -1,6 +1,8 @@
 """The embedded job backend: runs due jobs inside the API process.
 
-Woken at once by a commit that enqueued and by every job that finishes; polling every
+A job enqueued in this process is claimed by the transaction that enqueues it, when a slot is
+free, and starts as that transaction commits. Other jobs are claimed in rounds: woken by a
+commit whose jobs could not all start and by every job that finishes, polling every
 JOB_POLL_SECONDS for retries that fall due and for jobs enqueued by other processes. At most
 JOB_CONCURRENCY jobs run at a time. Each round records the outcomes of the jobs that finished
 since the last round and claims as many due jobs as there are free slots: two statements, each
@@ -12,9 +14,14 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from app.core.config import Settings
+from app.db.base import utcnow
+from app.db.models import Job
 from app.db.session import Database
 from app.services import job_runner
 from app.services.mailer import Mailer
@@ -34,6 +41,7 @@ class Dispatcher:
         self.worker = worker_name("embedded")
         self._wake = asyncio.Event()
         self._running: dict[asyncio.Task[job_runner.Outcome], job_runner.ClaimedJob] = {}
+        self._reserved = 0  # slots of jobs claimed by transactions still committing
         self._finished: list[job_runner.Outcome] = []
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -45,6 +53,33 @@ class Dispatcher:
         """Jobs were committed."""
         self._maybe_due = True
         self._wake.set()
+
+    def committing(self, session: AsyncSession, enqueued: list[Job]) -> Callable[[bool], None]:
+        """Claim the jobs of a committing transaction that have a free slot; they start as it
+        commits. Should the process die first, their lease runs out and they run elsewhere."""
+        lease = timedelta(seconds=self.settings.job_lease_seconds)
+        now = utcnow()
+        claimed = [
+            job_runner.claim_enqueued(session, job, worker=self.worker, lease=lease, now=now)
+            for job in enqueued[: max(self._free_slots(), 0)]
+        ]
+        self._reserved += len(claimed)
+
+        def committed(ok: bool) -> None:
+            self._reserved -= len(claimed)
+            if not ok:
+                return
+            for job in claimed:
+                self._start(job)
+            if len(claimed) < len(enqueued) or not enqueued:
+                self.wake()  # the rest wait for a round
+
+        return committed
+
+    def _free_slots(self) -> int:
+        if self._stopping:
+            return 0
+        return self.settings.job_concurrency - len(self._running) - self._reserved
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="job-dispatcher")
@@ -75,7 +110,7 @@ class Dispatcher:
     async def _round(self, lease: timedelta, *, include_abandoned: bool) -> bool:
         """Record finished jobs and claim new ones; True when every free slot was filled."""
         finished, self._finished = self._finished, []
-        free = 0 if self._stopping else self.settings.job_concurrency - len(self._running)
+        free = self._free_slots()
         if not self._maybe_due and not include_abandoned:
             free = 0
         if not finished and free <= 0:
@@ -100,9 +135,7 @@ class Dispatcher:
             self._maybe_due = True
             raise
         for job in claimed:
-            task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
-            self._running[task] = job
-            task.add_done_callback(self._on_done)
+            self._start(job)
         filled = bool(claimed) and len(claimed) == free
         if filled:
             self._maybe_due = True  # more may be due right now
@@ -117,6 +150,11 @@ class Dispatcher:
             self._maybe_due = True  # retries fall due; other processes enqueue
             return False
         return True
+
+    def _start(self, job: job_runner.ClaimedJob) -> None:
+        task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
+        self._running[task] = job
+        task.add_done_callback(self._on_done)
 
     async def _execute(self, job: job_runner.ClaimedJob) -> job_runner.Outcome:
         return await job_runner.run(job, db=self.db, settings=self.settings, mailer=self.mailer)

@@ -2,7 +2,8 @@
 
 A job names a registered function and carries ids, never objects. Enqueueing is an INSERT in
 the caller's session: a rolled-back transaction enqueues nothing, a committed one cannot lose
-its job. Database.transaction() wakes whoever runs jobs in this process after such a commit.
+its job. Database.transaction() tells whoever runs jobs in this process as such a transaction
+commits: the embedded dispatcher takes the jobs it can start at once (see Dispatcher.committing).
 """
 
 import uuid
@@ -55,13 +56,14 @@ registry = Registry()
 async def enqueue(session: AsyncSession, definition: JobDefinition, **payload: Any) -> Job:
     """Add a job to the caller's transaction; it runs once that transaction commits."""
     job = Job(
+        id=uuid.uuid4(),  # known before the INSERT: the dispatcher may take the job as it commits
         name=definition.name,
         payload=payload,
         max_attempts=definition.max_attempts,
         request_id=context.request_id.get(),
     )
     session.add(job)
-    session.info[JOBS_ENQUEUED] = True
+    session.info.setdefault(JOBS_ENQUEUED, []).append(job)
     return job
 
 
@@ -96,7 +98,7 @@ async def retry(session: AsyncSession, job_id: uuid.UUID) -> Job:
     job.attempts = 0
     job.run_at = utcnow()
     job.published_at = None
-    session.info[JOBS_ENQUEUED] = True
+    session.info.setdefault(JOBS_ENQUEUED, [])  # due now: whoever runs jobs looks again
     await session.flush()
     return job
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.db.base import utcnow
@@ -72,6 +73,10 @@ class Relay:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def committing(self, session: AsyncSession, enqueued: list[Job]) -> Callable[[bool], None]:
+        """Publish the jobs of a transaction as soon as it commits."""
+        return lambda committed: self.wake() if committed else None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="job-relay")

@@ -8,17 +8,18 @@ from datetime import timedelta
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from app.core.config import Settings
 from app.db.base import utcnow
-from app.db.models import Job, JobRun, JobStatus
+from app.db.models import Job, JobRun, JobStatus, User
 from app.db.session import Database, create_engine
 from app.main import create_app
 from app.services import job_runner, jobs
 from app.services.dispatcher import Dispatcher
 from app.services.job_runner import JobContext
 from app.services.mailer import Mailer
-from tests.conftest import empty_tables
+from tests.conftest import MakeUser, empty_tables
 from tests.jobs import wait_for_job
 
 # Jobs that exist for these tests only.
@@ -99,11 +100,8 @@ async def test_the_dispatcher_is_woken_by_the_commit_not_by_polling(
         await empty_tables(app)
 
 
-async def test_a_round_that_only_records_does_not_claim_when_nothing_was_left(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """After a claim that left slots free, a finished job's round records and asks no more:
-    only a commit, the poll, or a full claim can have made more jobs due."""
+def count_claims(monkeypatch: pytest.MonkeyPatch) -> list[list[uuid.UUID]]:
+    """The ids each claim statement took, from now on."""
     claims: list[list[uuid.UUID]] = []
     claim_due = job_runner.claim_due
 
@@ -113,23 +111,99 @@ async def test_a_round_that_only_records_does_not_claim_when_nothing_was_left(
         return claimed
 
     monkeypatch.setattr(job_runner, "claim_due", counted)
+    return claims
+
+
+async def test_a_job_enqueued_here_is_claimed_by_its_own_transaction(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The committing transaction writes the job as running, with its lease and first run, and
+    it starts as the commit returns: no claim statement has to find it, and a round that only
+    records its outcome asks for no more."""
+    claims = count_claims(monkeypatch)
     slow_poll = settings.model_copy(update={"job_poll_seconds": 60.0})
     app = await asyncio.to_thread(create_app, slow_poll)  # building an app is sync work
     async with app.router.lifespan_context(app):
+        db: Database = app.state.db
+        dispatcher: Dispatcher = app.state.jobs
         try:
             async with asyncio.timeout(5):
                 while not claims:  # the look at start, so it cannot overlap the commit below
                     await asyncio.sleep(0.01)
-            first = await enqueue(app.state.db, record_run, key="first")
-            await wait_for_job(app.state.db, first, JobStatus.SUCCEEDED)
+            job_id = await enqueue(db, wait_for_gate, key="handed-over")
+            assert active["now"] == 1  # started with the commit, not by a later round
+            async with db.read_sessionmaker() as session:
+                job = await session.get(Job, job_id)
+                [run] = await session.scalars(select(JobRun).where(JobRun.job_id == job_id))
+            assert job is not None
+            assert (job.status, job.attempts, job.locked_by) == (
+                JobStatus.RUNNING,
+                1,
+                dispatcher.worker,
+            )
+            assert job.locked_until is not None
+            assert job.locked_until > utcnow()
+            assert (run.attempt, run.worker, run.outcome) == (1, dispatcher.worker, None)
+            gate.set()
+            job = await wait_for_job(db, job_id, JobStatus.SUCCEEDED)
+            assert (job.attempts, job.locked_by) == (1, None)
             await asyncio.sleep(0.2)  # the round that recorded it is over
-            assert claims[1:] == [[first]]  # no claim after the one that took it
-            second = await enqueue(app.state.db, record_run, key="second")  # a commit wakes it
-            await wait_for_job(app.state.db, second, JobStatus.SUCCEEDED)
-            assert claims[1:] == [[first], [second]]
+            assert claims[1:] == []
+            async with db.read_sessionmaker() as session:
+                [run] = await session.scalars(select(JobRun).where(JobRun.job_id == job_id))
+            assert run.outcome == "succeeded"
+            assert runs["handed-over"] == 1
+        finally:
+            await dispatcher.stop()
+            await empty_tables(app)
+
+
+async def test_jobs_beyond_the_free_slots_are_claimed_in_rounds(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claims = count_claims(monkeypatch)
+    one_slot = settings.model_copy(update={"job_concurrency": 1, "job_poll_seconds": 60.0})
+    app = await asyncio.to_thread(create_app, one_slot)
+    async with app.router.lifespan_context(app):
+        db: Database = app.state.db
+        try:
+            async with db.transaction() as session:
+                first = await jobs.enqueue(session, wait_for_gate, key="first")
+                second = await jobs.enqueue(session, record_run, key="second")
+            await wait_for_job(db, second.id, JobStatus.QUEUED)  # no slot for it yet
+            assert runs["second"] == 0
+            gate.set()
+            await wait_for_job(db, first.id, JobStatus.SUCCEEDED)
+            await wait_for_job(db, second.id, JobStatus.SUCCEEDED)
+            assert [second.id] in claims  # the round after the first finished took it
         finally:
             await app.state.jobs.stop()
             await empty_tables(app)
+
+
+async def test_a_transaction_that_fails_to_commit_gives_its_slots_back(
+    app: FastAPI, make_user: MakeUser
+) -> None:
+    """Each failed commit had claimed a slot for its job; were the slots not given back, the
+    last job would find none and wait in the queue forever."""
+    db: Database = app.state.db
+    taken = await make_user(email="taken@example.com")
+
+    async def enqueue_with_a_duplicate_email(attempt: int) -> None:
+        async with db.transaction() as session:
+            await jobs.enqueue(session, record_run, key=f"lost-{attempt}")
+            # Flushed by the commit, where the unique email fails it.
+            session.add(User(email=taken.email, name="Twin", hashed_password="x"))
+
+    for attempt in range(app.state.settings.job_concurrency + 1):
+        with pytest.raises(IntegrityError):
+            await enqueue_with_a_duplicate_email(attempt)
+    async with db.read_sessionmaker() as session:
+        lost = select(func.count()).select_from(Job).where(Job.name == record_run.name)
+        assert await session.scalar(lost) == 0
+    job_id = await enqueue(db, record_run, key="after")
+    await wait_for_job(db, job_id, JobStatus.SUCCEEDED)
+    assert sum(runs.values()) == 1
 
 
 async def test_a_failing_job_is_retried_then_dead_with_its_error(app: FastAPI) -> None:
