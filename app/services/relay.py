@@ -1,8 +1,8 @@
 """The Celery backend's relay: hands committed jobs to the broker.
 
-It runs in every API process (woken right after a commit that enqueued) and stands alone as
-`python -m app relay`. Requests never talk to the broker: if the broker is down, jobs wait in
-the table and are published when it is back.
+It runs in every API process (publishing the jobs of a transaction as it commits) and stands
+alone as `python -m app relay`. Requests never talk to the broker: if the broker is down, jobs
+wait in the table and are published when it is back.
 """
 
 import asyncio
@@ -63,6 +63,14 @@ async def unpublish(db: Database, job_ids: list[uuid.UUID]) -> None:
 
 
 class Relay:
+    """Publishes jobs to Celery from an API process (or alone, as `python -m app relay`).
+
+    Jobs enqueued in this process are stamped as published by their own transaction and
+    published as it commits, with no statement to find them. Rounds over the table publish the
+    rest: after a commit that only made jobs due again, and every JOB_POLL_SECONDS for retries
+    that fall due, messages the broker lost and jobs enqueued elsewhere.
+    """
+
     def __init__(self, db: Database, settings: Settings, publish: Publish) -> None:
         self.db = db
         self.settings = settings
@@ -70,49 +78,88 @@ class Relay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._committed: list[uuid.UUID] = []  # stamped by their transaction, not yet sent
+        self._look = True  # a round over the table is due
 
     def wake(self) -> None:
+        """Jobs may be due in the table."""
+        self._look = True
         self._wake.set()
 
     def committing(self, session: AsyncSession, enqueued: list[Job]) -> Callable[[bool], None]:
-        """Publish the jobs of a transaction as soon as it commits."""
-        return lambda committed: self.wake() if committed else None
+        """Stamp the jobs of a committing transaction as published; they go to the broker as it
+        commits. Should the process die first, they are published again after
+        JOB_REPUBLISH_SECONDS, as a message the broker lost would be."""
+        if self._stopping or not enqueued:
+            return lambda committed: self.wake() if committed else None
+        now = utcnow()
+        for job in enqueued:
+            job.published_at = now
+
+        def committed(ok: bool) -> None:
+            if ok:
+                self._committed.extend(job.id for job in enqueued)
+                self._wake.set()
+
+        return committed
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="job-relay")
 
     async def _run(self) -> None:
         republish_after = timedelta(seconds=self.settings.job_republish_seconds)
+        half_lease = self.settings.job_lease_seconds / 2
+        loop = asyncio.get_running_loop()
+        next_sweep = 0.0
         while not self._stopping:
             self._wake.clear()
             published = 0
             try:
-                if await job_runner.has_work(self.db):
-                    await job_runner.bury_abandoned(self.db)
-                    published = await self._publish_due(republish_after)
+                await self._send_committed()
+                if self._look:
+                    self._look = False
+                    if await job_runner.has_work(self.db):
+                        # Every half lease: bury the last attempts that a dead worker abandoned.
+                        if loop.time() >= next_sweep:
+                            await job_runner.bury_abandoned(self.db)
+                            next_sweep = loop.time() + half_lease
+                        published = await self._publish_due(republish_after)
             except Exception:
+                self._look = True
                 logger.exception("could not relay jobs; trying again shortly")
             if published == BATCH:
+                self._look = True  # there may be more
                 continue
             try:
                 async with asyncio.timeout(self.settings.job_poll_seconds):
                     await self._wake.wait()
             except TimeoutError:
-                pass
+                self._look = True
+        await self._send_committed()
+
+    async def _send_committed(self) -> None:
+        if self._committed:
+            job_ids, self._committed = self._committed, []
+            await self._send(job_ids)
 
     async def _publish_due(self, republish_after: timedelta) -> int:
         job_ids = await claim_for_publish(self.db, limit=BATCH, republish_after=republish_after)
-        if not job_ids:
+        if not job_ids or not await self._send(job_ids):
             return 0
+        return len(job_ids)
+
+    async def _send(self, job_ids: list[uuid.UUID]) -> bool:
+        """Publish jobs stamped as published; False when the broker did not take them."""
         try:
             # Kombu is synchronous: publish on a worker thread, never on the event loop.
             await asyncio.to_thread(self.publish, job_ids)
         except Exception as exc:
             await unpublish(self.db, job_ids)
+            self._look = True  # the next round publishes them again
             logger.warning("broker unavailable, %d job(s) wait in the table: %r", len(job_ids), exc)
             await asyncio.sleep(BROKER_DOWN_PAUSE_S)
-            return 0
-        return len(job_ids)
+            return False
+        return True
 
     async def stop(self) -> None:
         self._stopping = True
