@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.core.security import password_hash
 from app.db.models import Job, JobStatus, User
+from app.services.jobs import JOBS_DUE_CHANNEL
 
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_DATABASE = "accounts_bench"
@@ -96,7 +97,8 @@ async def seed(url: str, *, users: int, admins: int) -> Seeded:
 
 
 async def insert_jobs(url: str, *, name: str, count: int) -> datetime:
-    """`count` due jobs in one transaction; returns when the commit finished."""
+    """`count` due jobs in one transaction that announces them, as any producer outside the
+    service does (app.services.jobs.announce); returns when the commit finished."""
     now = datetime.now(UTC)
     rows = [
         {
@@ -116,6 +118,7 @@ async def insert_jobs(url: str, *, name: str, count: int) -> datetime:
     try:
         async with engine.begin() as connection:
             await connection.execute(insert(JOBS), rows)
+            await connection.execute(text(f"NOTIFY {JOBS_DUE_CHANNEL}"))
     finally:
         await engine.dispose()
     return datetime.now(UTC)

@@ -140,8 +140,8 @@ async def service_noop_throughput(
     d: Deployment, *, count: int, label: str, profile: tuple[int, Path] | None = None
 ) -> dict[str, Any]:
     """Insert `count` due no-op jobs in one transaction; time from its commit until every
-    job is succeeded. The rows are not inserted by the service, so nothing wakes its
-    dispatcher or relay: they find the rows at their next poll (JOB_POLL_SECONDS, 1 s).
+    job is succeeded. The transaction NOTIFYs the channel the dispatchers and relays listen
+    on, as a producer outside the service does, so they start at once, not at their next poll.
     `profile`: (pid, file) to sample with py-spy for a few seconds while the jobs flow."""
     await database.delete_jobs(d.database_url)
     quiet = system.wait_for_quiet(60)

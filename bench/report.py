@@ -609,9 +609,9 @@ def render(raw: dict[str, Any], results_path: Path) -> str:
             "",
             "Service: no-op jobs (`bench_noop`, registered in every job-running process by "
             "`bench/noop_jobs.py` through a bench-only sitecustomize, no app change) inserted "
-            "as rows in one transaction; timed from its commit until all are succeeded. Nothing "
-            "wakes the dispatcher or relay for rows inserted from outside, so the first ones "
-            "wait for the next poll (JOB_POLL_SECONDS = 1 s): 'once flowing' leaves that out. "
+            "as rows in one transaction that NOTIFYs the dispatchers and relays, as a producer "
+            "outside the service does; timed from its commit until all are succeeded. 'Once "
+            "flowing' leaves out the time until the first job was done. "
             "Raw Celery: `bench/raw_celery.py`, a no-op task with the service's Celery settings "
             "(acks_late, prefetch 1) on the same Redis, timed from the first publish until the "
             "queue is empty and nothing is unacknowledged.",

@@ -5,6 +5,7 @@ runs in a real transaction. On SQLite a writing transaction starts with BEGIN IM
 concurrent writers queue on the busy timeout instead of failing when they upgrade a read lock.
 """
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -209,6 +210,30 @@ class Database:
         async with self._driver() as connection:
             rows = await connection.execute(statement, params)
         return rows[0] if rows else None
+
+    @asynccontextmanager
+    async def listen(
+        self, channel: str, notified: Callable[[], None]
+    ) -> AsyncIterator["asyncio.Future[None]"]:
+        """PostgreSQL: call `notified` on every NOTIFY on `channel`, heard on a connection of
+        its own (taken out of the pool, which opens another in its place). Yields a future
+        that is done when that connection is lost."""
+        pooled = await self.engine.raw_connection()
+        driver = pooled.driver_connection
+        assert driver is not None
+        pooled.detach()  # it never goes back to the pool: closing it closes it
+        lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_lost(_: Any) -> None:
+            if not lost.done():
+                lost.set_result(None)
+
+        driver.add_termination_listener(on_lost)
+        try:
+            await driver.add_listener(channel, lambda *_: notified())
+            yield lost
+        finally:
+            await greenlet_spawn(pooled.close)
 
     @property
     def is_postgresql(self) -> bool:

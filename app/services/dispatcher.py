@@ -23,7 +23,7 @@ from app.core.config import Settings
 from app.db.base import utcnow
 from app.db.models import Job
 from app.db.session import Database
-from app.services import job_runner
+from app.services import job_runner, jobs
 from app.services.mailer import Mailer
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class Dispatcher:
         self._reserved = 0  # slots of jobs claimed by transactions still committing
         self._finished: list[job_runner.Outcome] = []
         self._loop_task: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._stopping = False
         # False once a claim left slots free (nothing more was due) and nothing since then
         # can have made a job due: a round that only records outcomes then claims nothing.
@@ -83,6 +84,7 @@ class Dispatcher:
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="job-dispatcher")
+        self._listener = jobs.listen_for_due_jobs(self.db, self.wake)
 
     async def _run(self) -> None:
         lease = timedelta(seconds=self.settings.job_lease_seconds)
@@ -175,6 +177,7 @@ class Dispatcher:
         if self._stopping:
             return
         self._stopping = True
+        await jobs.stop_listening(self._listener)
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task

@@ -6,19 +6,30 @@ its job. Database.transaction() tells whoever runs jobs in this process as such 
 commits: the embedded dispatcher takes the jobs it can start at once (see Dispatcher.committing).
 """
 
+import asyncio
+import contextlib
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core import context
 from app.core.errors import JobNotRetryable, NotFound
 from app.db.base import utcnow
 from app.db.models import Job, JobStatus
-from app.db.session import JOBS_ENQUEUED
+from app.db.session import JOBS_ENQUEUED, Database
+
+logger = logging.getLogger(__name__)
+
+# PostgreSQL: every dispatcher and relay listens here. A transaction that makes jobs due for
+# other processes (an operator's retry, a producer outside the service) notifies it, and they
+# look at once instead of at their next poll.
+JOBS_DUE_CHANNEL = "jobs_due"
+LISTEN_RETRY_S = 1.0  # after the listening connection was lost; the poll covers meanwhile
 
 
 @dataclass(frozen=True)
@@ -99,8 +110,41 @@ async def retry(session: AsyncSession, job_id: uuid.UUID) -> Job:
     job.run_at = utcnow()
     job.published_at = None
     session.info.setdefault(JOBS_ENQUEUED, [])  # due now: whoever runs jobs looks again
+    await announce(session)
     await session.flush()
     return job
+
+
+async def announce(session: AsyncSession) -> None:
+    """Tell every process that runs jobs, when this transaction commits, that jobs are due."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(text(f"NOTIFY {JOBS_DUE_CHANNEL}"))
+
+
+def listen_for_due_jobs(db: Database, wake: Callable[[], None]) -> asyncio.Task[None] | None:
+    """PostgreSQL: call `wake` whenever another process announces due jobs, until the task is
+    cancelled. Elsewhere there is nothing to listen to: the poll finds such jobs."""
+    if not db.is_postgresql:
+        return None
+    return asyncio.create_task(_listen(db, wake), name="jobs-due-listener")
+
+
+async def _listen(db: Database, wake: Callable[[], None]) -> None:
+    while True:
+        try:
+            async with db.listen(JOBS_DUE_CHANNEL, wake) as lost:
+                wake()  # what was announced while nobody listened
+                await lost
+        except Exception as exc:
+            logger.warning("not listening for due jobs, trying again shortly: %r", exc)
+        await asyncio.sleep(LISTEN_RETRY_S)  # lost, or never had: connect again
+
+
+async def stop_listening(listener: asyncio.Task[None] | None) -> None:
+    if listener is not None:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
 
 
 async def count_by_status(session: AsyncSession) -> dict[str, int]:

@@ -18,7 +18,7 @@ from app.core.config import Settings
 from app.db.base import utcnow
 from app.db.models import Job
 from app.db.session import Database
-from app.services import job_runner
+from app.services import job_runner, jobs
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class Relay:
         self.publish = publish
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._stopping = False
         self._committed: list[uuid.UUID] = []  # stamped by their transaction, not yet sent
         self._look = True  # a round over the table is due
@@ -105,6 +106,7 @@ class Relay:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="job-relay")
+        self._listener = jobs.listen_for_due_jobs(self.db, self.wake)
 
     async def _run(self) -> None:
         republish_after = timedelta(seconds=self.settings.job_republish_seconds)
@@ -163,6 +165,7 @@ class Relay:
 
     async def stop(self) -> None:
         self._stopping = True
+        await jobs.stop_listening(self._listener)
         self._wake.set()
         if self._task is not None:
             await self._task

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from app.core.config import Settings
@@ -388,3 +388,61 @@ async def test_retry_requeues_a_dead_job_with_fresh_attempts(app: FastAPI) -> No
         assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)
     job = await wait_for_job(app.state.db, job_id, JobStatus.DEAD)
     assert job.attempts == 3
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_retry_from_another_process_wakes_the_dispatcher_at_once(
+    settings: Settings,
+) -> None:
+    """An operator's retry from the CLI commits in a process that runs no jobs: its NOTIFY
+    wakes the dispatchers, which would otherwise find the job at their next poll."""
+    slow_poll = settings.model_copy(update={"job_poll_seconds": 60.0})
+    app = await asyncio.to_thread(create_app, slow_poll)  # building an app is sync work
+    cli = Database(create_engine(settings))  # the CLI's process: no dispatcher
+    async with app.router.lifespan_context(app):
+        try:
+            await asyncio.sleep(0.5)  # the dispatcher's look at start, and it listens
+            async with cli.transaction() as session:
+                job = Job(name=record_run.name, payload={"key": "retried"}, max_attempts=3)
+                job.status, job.attempts = JobStatus.DEAD, 3
+                session.add(job)
+            async with cli.transaction() as session:
+                await jobs.retry(session, job.id)
+            async with asyncio.timeout(5):
+                await wait_for_job(app.state.db, job.id, JobStatus.SUCCEEDED)
+            assert runs["retried"] == 1
+        finally:
+            await app.state.jobs.stop()
+            await cli.dispose()
+            await empty_tables(app)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_the_dispatcher_listens_again_after_losing_its_connection(
+    settings: Settings,
+) -> None:
+    slow_poll = settings.model_copy(update={"job_poll_seconds": 60.0})
+    app = await asyncio.to_thread(create_app, slow_poll)
+    producer = Database(create_engine(settings))  # a producer outside the service
+    async with app.router.lifespan_context(app):
+        try:
+            await asyncio.sleep(0.5)
+            async with producer.transaction() as session:
+                killed = await session.scalar(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE query = 'LISTEN \"jobs_due\"' AND datname = current_database()"
+                    )
+                )
+            assert killed == 1
+            await asyncio.sleep(jobs.LISTEN_RETRY_S + 0.5)  # listening again
+            async with producer.transaction() as session:
+                job = Job(name=record_run.name, payload={"key": "announced"}, max_attempts=3)
+                session.add(job)
+                await jobs.announce(session)
+            async with asyncio.timeout(5):
+                await wait_for_job(app.state.db, job.id, JobStatus.SUCCEEDED)
+        finally:
+            await app.state.jobs.stop()
+            await producer.dispose()
+            await empty_tables(app)

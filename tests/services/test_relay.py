@@ -52,8 +52,9 @@ async def start_relay(
     *,
     poll_seconds: float = 60.0,
 ) -> tuple[Relay, list[str]]:
-    """A relay (polling every minute unless told), and what it asked of the table: "look" for
-    each check for work, "claim N" for each round that claimed N jobs to publish."""
+    """A relay (polling every minute unless told), once it looked at the table at start, and
+    what it asks of the table from then on: "look" for each check for work, "claim N" for each
+    round that claimed N jobs to publish."""
     asked: list[str] = []
     has_work, claim_for_publish = job_runner.has_work, relay.claim_for_publish
 
@@ -78,6 +79,8 @@ async def start_relay(
     async with asyncio.timeout(5):
         while not asked:  # the look at start, so it cannot overlap the commits below
             await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # on PostgreSQL, the look once it listens for announcements
+    asked.clear()
     return runner, asked
 
 
@@ -107,7 +110,7 @@ async def test_jobs_are_published_as_their_transaction_commits_without_a_round(
         assert len(stamped) == 3
         assert all(at is not None for at in stamped)
         await asyncio.sleep(0.2)
-        assert asked == ["look"]  # only the look at start went to the table
+        assert asked == []  # no round went to the table
     finally:
         await runner.stop()
 
