@@ -1,5 +1,6 @@
 """The application factory: routers, error handlers and the lifespan."""
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,9 +44,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner: Dispatcher | Relay = app.state.jobs
         db.jobs_listener = runner
         runner.start()
+        # What exists now lives as long as the process. Left to the collector, each full
+        # collection scans it all, about 90 ms with the loop stopped: the p99 of every request
+        # that waits behind it. Frozen, a full collection looks at newer objects only.
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()  # collectable again once the app is gone (tests start many)
             await runner.stop()
             await db.dispose()
             await app.state.rate_limits.close()
