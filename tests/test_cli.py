@@ -431,3 +431,39 @@ def test_other_commands_refuse_unknown_options(env: dict[str, str], tmp_path: Pa
     result = run(env, tmp_path, "migrate", "--frobnicate")
     assert result.returncode == 2
     assert "unrecognized arguments: --frobnicate" in result.stderr
+
+
+LIFESPAN_FREEZE_COUNTS = """
+import asyncio, gc
+from app.main import create_app
+
+async def main():
+    app = create_app()
+    async with app.router.lifespan_context(app):
+        running = gc.get_freeze_count()
+    print(running, gc.get_freeze_count())
+
+asyncio.run(main())
+"""
+
+
+def test_the_objects_of_startup_are_left_out_of_full_collections(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Frozen while the app runs, so no full collection stops the loop to scan them, and
+    collectable again once it stopped. In a process of its own: counting the frozen objects
+    of the test process would itself hold its loop."""
+    migrated(env, tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", LIFESPAN_FREEZE_COUNTS],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    running, stopped = map(int, result.stdout.split())
+    assert running > 10_000
+    assert stopped == 0

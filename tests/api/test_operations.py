@@ -1,7 +1,6 @@
 """Health and metrics, as an operator's probes and scrapers see them."""
 
 import asyncio
-import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -152,13 +151,3 @@ def test_origins_and_hosts_are_read_comma_separated(monkeypatch: pytest.MonkeyPa
     loaded = Settings(_env_file=None)
     assert loaded.cors_origins == ["https://a.example", "https://b.example"]
     assert loaded.trusted_hosts == ["api.example.com", "*.internal"]
-
-
-async def test_full_collections_leave_the_objects_of_startup_alone(settings: Settings) -> None:
-    """What the app holds from startup on is frozen while it runs, so no full collection
-    stops the loop to scan it, and collectable again once the app stopped."""
-    app = await asyncio.to_thread(create_app, settings)
-    assert gc.get_freeze_count() == 0
-    async with app.router.lifespan_context(app):
-        assert gc.get_freeze_count() > 10_000
-    assert gc.get_freeze_count() == 0
