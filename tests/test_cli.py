@@ -45,9 +45,14 @@ def env(tmp_path: Path, db_path: Path) -> dict[str, str]:
 def run(
     env: dict[str, str], cwd: Path, *args: str, **overrides: str
 ) -> subprocess.CompletedProcess[str]:
+    """`python -m app ARGS`."""
+    return python(env | overrides, cwd, "-m", "app", *args)
+
+
+def python(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        env=env | overrides,
+        [sys.executable, *args],
+        env=env,
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -454,15 +459,7 @@ def test_the_objects_of_startup_are_left_out_of_full_collections(
     collectable again once it stopped. In a process of its own: counting the frozen objects
     of the test process would itself hold its loop."""
     migrated(env, tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-c", LIFESPAN_FREEZE_COUNTS],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
+    result = python(env, tmp_path, "-c", LIFESPAN_FREEZE_COUNTS)
     assert result.returncode == 0, result.stderr
     running, stopped = map(int, result.stdout.split())
     assert running > 10_000
