@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Integer, and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
@@ -28,32 +28,39 @@ BROKER_DOWN_PAUSE_S = 1.0
 Publish = Callable[[list[uuid.UUID]], None]
 
 
+_NOW = bindparam("b_now", type_=Job.run_at.type)
+_UNPUBLISHED = or_(
+    Job.published_at.is_(None),
+    Job.published_at < bindparam("b_republish_before", type_=Job.published_at.type),
+    and_(job_runner.abandoned(_NOW), Job.published_at < Job.locked_until),
+)
+# Built once: building a statement this size costs more CPU than running it.
+_CLAIM_FOR_PUBLISH = (
+    update(Job)
+    .where(
+        Job.id.in_(
+            select(Job.id)
+            .where(job_runner.due(_NOW), _UNPUBLISHED)
+            .order_by(Job.run_at)
+            .limit(bindparam("b_limit", type_=Integer))
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+    )
+    .values(published_at=_NOW)
+    .returning(Job.id)
+)
+
+
 async def claim_for_publish(
     db: Database, *, limit: int, republish_after: timedelta
 ) -> list[uuid.UUID]:
     """Due jobs the broker should carry: never published, published long ago with no worker
     taking them (a lost message), or abandoned by a worker that died since it took them."""
     now = utcnow()
-    unpublished = or_(
-        Job.published_at.is_(None),
-        Job.published_at < now - republish_after,
-        and_(job_runner.abandoned(now), Job.published_at < Job.locked_until),
-    )
-    candidates = (
-        select(Job.id)
-        .where(job_runner.due(now), unpublished)
-        .order_by(Job.run_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
+    params = {"b_now": now, "b_republish_before": now - republish_after, "b_limit": limit}
     async with db.transaction() as session:
-        rows = await session.scalars(
-            update(Job)
-            .where(Job.id.in_(candidates.scalar_subquery()))
-            .values(published_at=now)
-            .returning(Job.id)
-        )
-        return list(rows)
+        return list(await session.scalars(_CLAIM_FOR_PUBLISH, params))
 
 
 async def unpublish(db: Database, job_ids: list[uuid.UUID]) -> None:
