@@ -6,6 +6,7 @@ records the outcome there. Retries are scheduled in the job table, never with Ce
 """
 
 import asyncio
+import gc
 import os
 import socket
 import uuid
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from celery import Celery
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from app.core.config import Settings, load_settings
 from app.db.session import Database, create_engine
@@ -86,6 +87,16 @@ def run_job(job_id: str) -> None:
             uuid.UUID(job_id), worker=rt.worker, db=rt.db, settings=rt.settings, mailer=rt.mailer
         )
     )
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _freeze_startup_objects(**_: object) -> None:
+    """Leave what the worker holds from its start (about 90,000 objects: Celery, SQLAlchemy,
+    the app's modules) out of the collector's full scans, as the API does: scanning them took
+    about 60 ms, with the task at hand stopped. The consumer freezes before it forks the pool,
+    each pool process once it is ready."""
+    gc.freeze()
 
 
 @worker_process_shutdown.connect

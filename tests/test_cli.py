@@ -464,3 +464,30 @@ def test_the_objects_of_startup_are_left_out_of_full_collections(
     running, stopped = map(int, result.stdout.split())
     assert running > 10_000
     assert stopped == 0
+
+
+WORKER_FREEZE_COUNTS = """
+import gc
+from celery.signals import worker_init, worker_process_init
+import app.worker
+
+counts = [gc.get_freeze_count()]
+for signal in (worker_init, worker_process_init):
+    gc.unfreeze()
+    signal.send(sender=None)
+    counts.append(gc.get_freeze_count())
+print(*counts)
+"""
+
+
+def test_celery_processes_leave_their_startup_objects_out_of_full_collections(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The consumer as it starts (before it forks its pool) and each pool process as it is
+    ready, on the signals Celery sends them there."""
+    result = python(env, tmp_path, "-c", WORKER_FREEZE_COUNTS)
+    assert result.returncode == 0, result.stderr
+    before, consumer, pool_process = map(int, result.stdout.split())
+    assert before == 0
+    assert consumer > 10_000
+    assert pool_process > 10_000
