@@ -78,7 +78,7 @@ Executor = AsyncSession | AsyncConnection | DriverConnection
 Moment = datetime | ColumnElement[datetime]
 
 
-def status_in(*statuses: JobStatus) -> ColumnElement[bool]:
+def _status_in(*statuses: JobStatus) -> ColumnElement[bool]:
     """The statuses are written into the SQL, not bound: only then can the generic plan that
     PostgreSQL caches for a prepared statement use the partial index of pending jobs, or an
     index by status, instead of scanning the whole table, every finished job included."""
@@ -95,21 +95,23 @@ def status_in(*statuses: JobStatus) -> ColumnElement[bool]:
 
 def pending(now: Moment) -> ColumnElement[bool]:
     """Queued or failed, and its time has come (ix_jobs_pending_run_at)."""
-    return and_(status_in(JobStatus.QUEUED, JobStatus.FAILED), jobs.c.run_at <= now)
+    return and_(_status_in(JobStatus.QUEUED, JobStatus.FAILED), jobs.c.run_at <= now)
 
 
 def abandoned(now: Moment) -> ColumnElement[bool]:
     """Running, but the lease ran out: its process died."""
-    return and_(status_in(JobStatus.RUNNING), jobs.c.locked_until < now)
+    return and_(_status_in(JobStatus.RUNNING), jobs.c.locked_until < now)
 
 
 def due(now: Moment) -> ColumnElement[bool]:
     return and_(or_(pending(now), abandoned(now)), jobs.c.attempts < jobs.c.max_attempts)
 
 
-_NOW = bindparam("b_now", type_=jobs.c.run_at.type)
+# Bind parameters of the statements built once, here and in the relay.
+NOW = bindparam("b_now", type_=jobs.c.run_at.type)
+LIMIT = bindparam("b_limit", type_=Integer)
 # Abandoned last attempts count too: they are to be buried.
-_HAS_WORK = select(exists().where(or_(pending(_NOW), abandoned(_NOW))))
+_HAS_WORK = select(exists().where(or_(pending(NOW), abandoned(NOW))))
 
 
 async def has_work(db: Database) -> bool:
@@ -143,7 +145,7 @@ def _claim_statement(candidates: Select[Any], *, with_runs: bool) -> Executable:
             attempts=jobs.c.attempts + 1,
             locked_by=worker,
             locked_until=bindparam("b_locked_until", type_=jobs.c.locked_until.type),
-            updated_at=_NOW,
+            updated_at=NOW,
         )
         .returning(
             jobs.c.id,
@@ -160,25 +162,24 @@ def _claim_statement(candidates: Select[Any], *, with_runs: bool) -> Executable:
     claimed = take.cte("claimed")
     runs = insert(job_runs).from_select(
         ["id", "job_id", "attempt", "worker", "started_at"],
-        select(func.gen_random_uuid(), claimed.c.id, claimed.c.attempts, worker, _NOW),
+        select(func.gen_random_uuid(), claimed.c.id, claimed.c.attempts, worker, NOW),
     )
     return select(claimed).add_cte(runs.cte("runs"))
 
 
-_LIMIT = bindparam("b_limit", type_=Integer)
 _RETRIES_LEFT = jobs.c.attempts < jobs.c.max_attempts
 # What a claim picks from, each served by an index: the next pending jobs in the order they
 # fall due (ix_jobs_pending_run_at, read only as far as the limit, however long the backlog);
 # jobs whose lease ran out; or one job by id (a Celery delivery).
 _CANDIDATES = {
     "pending": select(jobs.c.id)
-    .where(pending(_NOW), _RETRIES_LEFT)
+    .where(pending(NOW), _RETRIES_LEFT)
     .order_by(jobs.c.run_at)
-    .limit(_LIMIT),
-    "abandoned": select(jobs.c.id).where(abandoned(_NOW), _RETRIES_LEFT).limit(_LIMIT),
+    .limit(LIMIT),
+    "abandoned": select(jobs.c.id).where(abandoned(NOW), _RETRIES_LEFT).limit(LIMIT),
     "one": select(jobs.c.id)
-    .where(due(_NOW), jobs.c.id == bindparam("b_job_id", type_=jobs.c.id.type))
-    .limit(_LIMIT),
+    .where(due(NOW), jobs.c.id == bindparam("b_job_id", type_=jobs.c.id.type))
+    .limit(LIMIT),
 }
 # Built once per variant: building a statement this size costs more CPU than running it.
 _CLAIM = {
@@ -416,25 +417,23 @@ async def _finish_run(
     )
 
 
+_BURY_ABANDONED = (
+    update(jobs)
+    .where(abandoned(NOW), jobs.c.attempts >= jobs.c.max_attempts)
+    .values(
+        status=JobStatus.DEAD,
+        last_error="the worker running the last attempt stopped answering",
+        locked_by=None,
+        locked_until=None,
+        updated_at=NOW,
+    )
+)
+
+
 async def bury_abandoned(db: Database) -> None:
     """Jobs whose last allowed attempt lost its lease (the process died) are dead."""
-    now = utcnow()
     async with db.transaction() as session:
-        await session.execute(
-            update(Job)
-            .where(
-                Job.status == JobStatus.RUNNING,
-                Job.locked_until < now,
-                Job.attempts >= Job.max_attempts,
-            )
-            .values(
-                status=JobStatus.DEAD,
-                last_error="the worker running the last attempt stopped answering",
-                locked_by=None,
-                locked_until=None,
-                updated_at=now,
-            )
-        )
+        await session.execute(_BURY_ABANDONED, {"b_now": utcnow()})
 
 
 async def run_one(

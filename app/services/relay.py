@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import Integer, and_, bindparam, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
@@ -28,11 +28,10 @@ BROKER_DOWN_PAUSE_S = 1.0
 Publish = Callable[[list[uuid.UUID]], None]
 
 
-_NOW = bindparam("b_now", type_=Job.run_at.type)
 _UNPUBLISHED = or_(
     Job.published_at.is_(None),
     Job.published_at < bindparam("b_republish_before", type_=Job.published_at.type),
-    and_(job_runner.abandoned(_NOW), Job.published_at < Job.locked_until),
+    and_(job_runner.abandoned(job_runner.NOW), Job.published_at < Job.locked_until),
 )
 # Built once: building a statement this size costs more CPU than running it.
 _CLAIM_FOR_PUBLISH = (
@@ -40,14 +39,14 @@ _CLAIM_FOR_PUBLISH = (
     .where(
         Job.id.in_(
             select(Job.id)
-            .where(job_runner.due(_NOW), _UNPUBLISHED)
+            .where(job_runner.due(job_runner.NOW), _UNPUBLISHED)
             .order_by(Job.run_at)
-            .limit(bindparam("b_limit", type_=Integer))
+            .limit(job_runner.LIMIT)
             .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
     )
-    .values(published_at=_NOW)
+    .values(published_at=job_runner.NOW)
     .returning(Job.id)
 )
 

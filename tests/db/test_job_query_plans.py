@@ -77,7 +77,7 @@ async def test_a_claim_reads_the_next_pending_jobs_from_their_partial_index(app:
     db: Database = app.state.db
     await app.state.jobs.stop()
     await _long_history(db)
-    plan = await _plan(db, job_runner._CLAIM["pending", db.is_postgresql])
+    plan = await _plan(db, job_runner._CLAIM["pending", True])
     assert "ix_jobs_pending_run_at" in plan, plan
 
 
@@ -90,6 +90,7 @@ async def test_no_job_statement_scans_the_whole_table(app: FastAPI) -> None:
         "claim of abandoned jobs": job_runner._CLAIM["abandoned", db.is_postgresql],
         "claim of one job": job_runner._CLAIM["one", db.is_postgresql],
         "idle poll": job_runner._HAS_WORK,
+        "burial of abandoned last attempts": job_runner._BURY_ABANDONED,
         "relay's claim": relay._CLAIM_FOR_PUBLISH,
     }
     scans = {name: _full_scans_of_jobs(await _plan(db, s)) for name, s in statements.items()}
