@@ -1,7 +1,10 @@
 # The service's one image: `serve` by default; `migrate`, `worker` and `relay` are other commands.
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
+# Production unless told otherwise: it refuses to start without SECRET_KEY and SMTP_HOST
+# rather than run with a throwaway key and reset links written to files.
+ENV ENVIRONMENT=production \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -18,7 +21,7 @@ WORKDIR /app
 COPY alembic.ini ./
 COPY alembic/ alembic/
 COPY app/ app/
-# DATA_DIR: mail written as files when SMTP_HOST is empty (production needs SECRET_KEY set).
+# DATA_DIR: mail written as files when SMTP_HOST is empty (development only).
 RUN mkdir data && chown app:app data
 USER app
 

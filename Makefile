@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format lock clean bench reliability scale-test
+.PHONY: run test test-pgbouncer lint format lock clean bench reliability scale-test \
+	scale-test-pgbouncer
 
 run: $(VENV)/.runtime
 	$(BIN)/python -m app migrate
@@ -12,6 +13,13 @@ run: $(VENV)/.runtime
 # pytest exits 5 when it collected nothing: say so, and fail.
 test: lint
 	$(BIN)/pytest || { status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests" >&2; exit $$status; }
+
+# The PostgreSQL half of the tests (the Celery ones among them) again, through a real PgBouncer
+# in transaction mode with fewer server connections than the tests open clients, as
+# DB_TRANSACTION_POOLER=true; each pytest process starts its own (tests/pgbouncer.py), from
+# Debian's pgbouncer package.
+test-pgbouncer: $(VENV)/.dev
+	TEST_PGBOUNCER=1 $(BIN)/pytest -k postgresql -p no:cacheprovider
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
@@ -37,6 +45,11 @@ reliability: $(VENV)/.reliability
 # 1 API + 1 worker (SCALE_BASELINE_REGISTRATIONS, default 2000).
 scale-test: $(VENV)/.reliability
 	$(BIN)/pytest reliability -m scale -p no:cacheprovider -rxX
+
+# The same with every service through a PgBouncer of PGBOUNCER_POOL_SIZE (10) server
+# connections in front of the cluster; results recorded as scale-*-pgbouncer.
+scale-test-pgbouncer: $(VENV)/.reliability
+	RELIABILITY_PGBOUNCER=1 $(BIN)/pytest reliability -m scale -p no:cacheprovider -rxX
 
 $(VENV)/bin/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed")'

@@ -1,4 +1,4 @@
-"""Command line: `python -m app serve|migrate|createsuperuser|worker|relay|jobs`."""
+"""Command line: `python -m app serve|migrate|createsuperuser|worker|relay|jobs|prune`."""
 
 import argparse
 import asyncio
@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from app.core import tracing
 from app.core.config import ConfigError, Settings, load_settings
 from app.core.errors import AppError
 from app.core.logging import configure_logging
@@ -23,10 +24,10 @@ if TYPE_CHECKING:
 @contextlib.asynccontextmanager
 async def ready_database(settings: Settings) -> AsyncIterator["Database"]:
     """The database, once it is known to answer and to be migrated; ConfigError otherwise."""
-    from app.db.session import Database, create_engine
+    from app.db.session import Database
     from app.services import startup
 
-    db = Database(create_engine(settings))
+    db = Database.from_settings(settings)
     try:
         await startup.check_ready_to_serve(db)
         yield db
@@ -54,8 +55,13 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         log_level=settings.log_level.lower(),
         log_config=None,  # our logging setup renders uvicorn's lines too
         access_log=False,  # the app writes its own access line, with the request id
+        # X-Forwarded-For names the client only when a proxy in FORWARDED_ALLOW_IPS sent it.
         proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        # uvicorn's own, with deadlines for idle connections and request heads (app/server.py).
+        http="app.server:BoundedHttpProtocol",
+        timeout_keep_alive=5,
     )
 
 
@@ -96,21 +102,26 @@ def createsuperuser(settings: Settings, args: argparse.Namespace) -> None:
 def worker(settings: Settings, args: argparse.Namespace) -> None:
     if not settings.broker_url:
         raise ConfigError("BROKER_URL is empty: jobs run inside the API process, no worker needed")
-    from app.worker import celery
+    from app.core import metrics_server
 
-    argv = ["worker", "--loglevel", settings.log_level, "--concurrency", str(args.concurrency)]
-    celery.worker_main([*argv, *args.celery_args])
+    # First: it must set PROMETHEUS_MULTIPROC_DIR before the job code imports the metrics.
+    with metrics_server.serving(settings):
+        from app.worker import create_celery
+
+        argv = ["worker", "--loglevel", settings.log_level, "--concurrency", str(args.concurrency)]
+        create_celery(settings).worker_main([*argv, *args.celery_args])
 
 
 def relay(settings: Settings, args: argparse.Namespace) -> None:
     if not settings.broker_url:
         raise ConfigError("BROKER_URL is empty: there is no broker to relay jobs to")
-    from app.db.session import Database, create_engine
+    from app.db.session import Database
     from app.services.relay import Relay
     from app.worker import create_celery, publisher
 
     async def run() -> None:
-        db = Database(create_engine(settings))
+        db = Database.from_settings(settings)
+        tracing.instrument_engine(db.engine)
         runner = Relay(db, settings, publisher(create_celery(settings)))
         runner.start()
         try:
@@ -124,8 +135,10 @@ def relay(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def jobs_command(settings: Settings, args: argparse.Namespace) -> None:
+    from app.core import security
     from app.db.models import JobStatus
     from app.services import jobs
+    from app.services.pagination import PageParams
 
     async def run() -> None:
         async with ready_database(settings) as db:
@@ -136,18 +149,30 @@ def jobs_command(settings: Settings, args: argparse.Namespace) -> None:
                         print(f"{job.id}  {job.name}  queued again")
                     return
                 status = JobStatus(args.status) if args.status else None
-                items, total = await jobs.list_page(
-                    session, status=status, limit=args.limit, offset=0
-                )
+                key = security.purpose_key(settings.signing_key, security.PAGE_CURSORS)
+                page = PageParams(limit=args.limit, cursor=None, key=key)
+                items, more = await jobs.list_jobs(session, status=status, name=None, page=page)
             for job in items:
                 error = f"  {job.last_error}" if job.last_error else ""
                 print(
                     f"{job.id}  {job.status:<9}  {job.attempts}/{job.max_attempts}  "
                     f"{job.created_at:%Y-%m-%d %H:%M:%S}  {job.name}{error}"
                 )
-            print(f"{len(items)} of {total} job(s)")
+            print(f"{len(items)} job(s), newest first" + (" (there are more)" if more else ""))
 
     asyncio.run(run())
+
+
+def prune(settings: Settings, args: argparse.Namespace) -> None:
+    from app.services import retention
+
+    async def run() -> retention.Pruned:
+        async with ready_database(settings) as db:
+            return await retention.prune(db, settings)
+
+    pruned = asyncio.run(run())
+    for table, count in pruned.deleted.items():
+        print(f"{table}: {count} deleted")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     retrying.add_argument("job_ids", nargs="+", type=uuid.UUID, metavar="JOB_ID")
     p.set_defaults(run=jobs_command)
 
+    p = commands.add_parser("prune", help="delete the history retention allows, now")
+    p.set_defaults(run=prune)
+
     args, extra = parser.parse_known_args(argv)
     if extra and args.run is not worker:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -195,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         configure_logging(level=settings.log_level, json=settings.log_json)
+        tracing.configure()  # from the OTEL_* variables; off when they name no exporter
         # Alembic narrates at INFO; only a migration's own steps are worth showing.
         alembic_level = logging.INFO if args.run is migrate else logging.WARNING
         logging.getLogger("alembic").setLevel(alembic_level)

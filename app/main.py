@@ -9,6 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.utils import generate_unique_id
 from sqlalchemy import exc as sa_exc
 
 from app.admin import mount_admin
@@ -16,17 +18,23 @@ from app.api import metrics as metrics_route
 from app.api.docs import mount_docs
 from app.api.v1 import health
 from app.api.v1 import router as api_v1_router
-from app.core import metrics
+from app.core import metrics, tracing
 from app.core.config import Settings, load_settings
 from app.core.errors import AppError, DatabaseUnavailable
 from app.core.logging import configure_logging
 from app.db.errors import DRIVER_ERRORS, is_unavailable
-from app.db.session import Database, create_engine
-from app.middleware import AdmissionMiddleware, RequestIdMiddleware, RequestMetricsMiddleware
+from app.db.session import Database
+from app.middleware import (
+    AdmissionMiddleware,
+    RequestBodyMiddleware,
+    RequestIdMiddleware,
+    RequestMetricsMiddleware,
+)
 from app.pages import routes as pages
-from app.services import startup
+from app.services import health as health_service
+from app.services import job_stats, startup
 from app.services.dispatcher import Dispatcher
-from app.services.mailer import Mailer
+from app.services.job_registry import load_jobs
 from app.services.rate_limits import RateLimits
 from app.services.relay import Relay
 
@@ -36,14 +44,14 @@ logger = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(level=settings.log_level, json=settings.log_json)
+    tracing.configure()  # once per process, from the OTEL_* variables
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db: Database = app.state.db
         await startup.ensure_first_superuser(db, settings)
         runner: Dispatcher | Relay = app.state.jobs
-        db.jobs_listener = runner
-        runner.start()
+        runner.start()  # from now on, commits hand their jobs to it
         # What exists now lives as long as the process. Left to the collector, each full
         # collection scans it all, about 90 ms with the loop stopped: the p99 of every request
         # that waits behind it. Frozen, a full collection looks at newer objects only.
@@ -61,22 +69,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         summary="User accounts with durable background work.",
         lifespan=lifespan,
-        docs_url=None,  # mount_docs serves the pages with local assets
+        openapi_url=None,  # mount_docs serves the schema and the pages, with local assets
+        docs_url=None,
         redoc_url=None,
+        generate_unique_id_function=_operation_id,
     )
     mount_docs(app)
     app.state.settings = settings
-    app.state.db = Database(create_engine(settings))
+    app.state.db = Database.from_settings(settings)
+    tracing.instrument_engine(app.state.db.engine)
     # Built here, not in the lifespan: creating a Celery app is synchronous work.
     app.state.jobs = _job_runner(app.state.db, settings)
     app.state.rate_limits = RateLimits(settings)
-    metrics.track_pool(app.state.db.engine)
+    metrics.track_pool(app.state.db.engine, limit=settings.db_pool_size + settings.db_max_overflow)
     app.state.head_revision = startup.head_revision()  # read the migration files once
+    load_jobs()  # the API knows the jobs the workers know
+    app.state.readiness = health_service.shared_readiness(
+        app.state.db, settings, head=app.state.head_revision
+    )
+    app.state.job_stats = job_stats.cached(app.state.db)
     app.include_router(api_v1_router)
     app.include_router(health.router)
     app.include_router(pages.router)
     mount_admin(app, app.state.db, settings)
-    if settings.metrics_enabled:
+    if settings.metrics_enabled and settings.metrics_withheld:
+        logger.warning("METRICS_TOKEN is not set: /metrics is off in production")
+    elif settings.metrics_enabled:
         app.include_router(metrics_route.router)
     app.add_middleware(
         AdmissionMiddleware,
@@ -84,8 +102,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout=settings.db_pool_timeout,
         exempt=("/health", "/metrics"),
     )
+    # Outside the gate: a slow upload waits for its body here, without holding a slot.
+    app.add_middleware(
+        RequestBodyMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout=settings.request_body_timeout_seconds,
+    )
     # Added last, so it runs first: the metrics and access log lines see the request id.
-    app.add_middleware(RequestMetricsMiddleware, access_log=settings.access_log)
+    app.add_middleware(
+        RequestMetricsMiddleware, routes=app.router.routes, access_log=settings.access_log
+    )
     app.add_middleware(RequestIdMiddleware)
     if settings.cors_origins:
         app.add_middleware(
@@ -98,13 +124,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.trusted_hosts != ["*"]:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts)
     _add_error_handlers(app)
+    tracing.instrument_app(app)
     return app
+
+
+def _operation_id(route: APIRoute) -> str:
+    """`auth-register`, `users-read_me`: short and unique, so a generated client reads well.
+
+    Every route in the schema has a tag (its router's); one without fails here, at startup."""
+    if not route.include_in_schema:
+        return generate_unique_id(route)  # never published
+    if not route.tags:
+        raise ValueError(f"the route {route.path} needs a tag: its operation id starts with it")
+    return f"{route.tags[0]}-{route.name}"
 
 
 def _job_runner(db: Database, settings: Settings) -> Dispatcher | Relay:
     """Without a broker jobs run in this process; with one, this process relays them to Celery."""
     if not settings.broker_url:
-        return Dispatcher(db, settings, Mailer(settings))
+        return Dispatcher(db, settings)
     from app.worker import create_celery, publisher  # Celery is only imported when used
 
     return Relay(db, settings, publisher(create_celery(settings)))

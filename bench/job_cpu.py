@@ -24,7 +24,6 @@ from app.db.models import Job, JobStatus, User
 from app.db.session import Database, create_engine
 from app.services import jobs, tasks
 from app.services.dispatcher import Dispatcher
-from app.services.mailer import Mailer
 from bench import database, services, system
 
 DATABASE = "accounts_job_cpu"
@@ -55,10 +54,10 @@ async def measure(db: Database, user_ids: list[str], sink: services.Process) -> 
     for i, user_id in enumerate(user_ids):
         await asyncio.sleep(max(0.0, started + i / RATE_PER_S - time.monotonic()))
         async with db.transaction() as session:
-            await jobs.enqueue(session, tasks.send_welcome_email, user_id=user_id)
+            await jobs.enqueue(session, tasks.send_welcome_email, tasks.UserMail(user_id=user_id))
     done = select(func.count()).where(Job.status == JobStatus.SUCCEEDED)
     while True:
-        async with db.read_sessionmaker() as session:
+        async with db.transaction() as session:
             if await session.scalar(done) == len(user_ids):
                 break
         await asyncio.sleep(0.2)
@@ -95,8 +94,7 @@ async def main_async() -> dict[str, Any]:
         log_level="WARNING",
     )
     db = Database(create_engine(settings))
-    dispatcher = Dispatcher(db, settings, Mailer(settings))
-    db.jobs_listener = dispatcher
+    dispatcher = Dispatcher(db, settings)
     dispatcher.start()
     async with db.transaction() as session:  # a welcome email goes to unverified users only
         await session.execute(update(User).values(is_verified=False))

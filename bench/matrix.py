@@ -1,6 +1,7 @@
 """What one `make bench` measures: the full matrix, or a short one with BENCH_QUICK=1.
 
-BENCH_PARTS picks sections (comma-separated, default all): argon2, http, latency, throughput.
+BENCH_PARTS picks sections (comma-separated, default all): argon2, http, latency, throughput,
+hostile, tracing, size (BENCH_SIZE_LARGE=1: its 1,000,000-row form), pgbouncer.
 BENCH_BACKENDS, BENCH_WORKERS, BENCH_CONNECTIONS, BENCH_SCENARIOS and BENCH_DURATION narrow or
 change the HTTP matrix, e.g. to measure one point again: BENCH_BACKENDS=pg-embedded
 BENCH_WORKERS=1 BENCH_SCENARIOS=users_me.
@@ -12,7 +13,7 @@ from typing import Any
 
 BACKENDS = ("pg-embedded", "pg-celery", "sqlite")
 SCENARIOS = ("users_me", "users_by_id", "token", "register")
-PARTS = ("argon2", "http", "latency", "throughput")
+PARTS = ("argon2", "http", "latency", "throughput", "hostile", "tracing", "size", "pgbouncer")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Matrix:
     noop_jobs: int
     job_processes: tuple[int, ...]  # Celery worker processes (and embedded API workers)
     profile_s: float
+    hostile_s: float  # each phase of the hostile part: calm, then attacked
     quiet_wait_s: float  # the longest wait for a quiet machine before a point
 
     def to_json(self) -> dict[str, Any]:
@@ -92,6 +94,7 @@ def _base() -> Matrix:
             noop_jobs=2_000,
             job_processes=(1,),
             profile_s=5,
+            hostile_s=20,
             quiet_wait_s=30,
         )
     return Matrix(
@@ -111,5 +114,6 @@ def _base() -> Matrix:
         noop_jobs=10_000,
         job_processes=(1, 2),
         profile_s=10,
+        hostile_s=60,
         quiet_wait_s=120,
     )

@@ -1,6 +1,7 @@
 """`make bench`: measure the service against the raw ceiling, write JSON, REPORT.md and plots.
 
-BENCH_QUICK=1 runs a short matrix; BENCH_PARTS=argon2,http,latency,throughput picks sections.
+BENCH_QUICK=1 runs a short matrix; BENCH_PARTS=argon2,http,latency,throughput,hostile,tracing,
+size,pgbouncer picks sections (size: BENCH_SIZE_LARGE=1 for its 1,000,000-row form).
 """
 
 import asyncio
@@ -20,11 +21,15 @@ from bench import (
     code,
     database,
     deployment,
+    hostile,
     jobs_bench,
+    pgbouncer,
     profiling,
     report,
     services,
+    size,
     system,
+    tracing_bench,
 )
 from bench.deployment import Deployment, Workspace
 from bench.load import Target, measure, now_nonce
@@ -355,6 +360,10 @@ async def main_async(m: Matrix) -> Results:
         "http": lambda: http_matrix(m, ws, results, sink),
         "latency": lambda: welcome_latency(m, ws, results),
         "throughput": lambda: job_throughput(m, ws, results),
+        "hostile": lambda: hostile_traffic(m, ws, results),
+        "tracing": lambda: tracing_cost(m, ws, results),
+        "size": lambda: cost_against_size(m, results),
+        "pgbouncer": lambda: behind_pgbouncer(m, ws, results),
     }
     try:
         for part in m.parts:
@@ -367,6 +376,40 @@ async def main_async(m: Matrix) -> Results:
         results.data["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         results.save()
     return results
+
+
+async def hostile_traffic(m: Matrix, ws: Workspace, results: Results) -> None:
+    print("hostile traffic: trickling uploads, wrong logins, random paths", flush=True)
+    results.data["hostile"] = await hostile.run(
+        ws, seconds=m.hostile_s, quiet_wait_s=m.quiet_wait_s
+    )
+    results.save()
+
+
+async def behind_pgbouncer(m: Matrix, ws: Workspace, results: Results) -> None:
+    print("behind PgBouncer: 8 API processes, 10 server connections, against direct", flush=True)
+    results.data["pgbouncer"] = await pgbouncer.run(m, ws)
+    print(f"  {results.data['pgbouncer']['ratios']}", flush=True)
+    results.save()
+
+
+async def tracing_cost(m: Matrix, ws: Workspace, results: Results) -> None:
+    results.data["tracing"] = await tracing_bench.run(
+        ws=ws,
+        rounds=2 if m.quick else 3,  # off on off on: a drift of the machine shows
+        connections=m.connections[0],
+        duration_s=m.duration_s,
+        warmup_s=m.warmup_s,
+        quiet_wait_s=m.quiet_wait_s,
+        trace_out=RESULTS / f"trace-{results.path.stem}.json",
+    )
+    results.save()
+
+
+async def cost_against_size(m: Matrix, results: Results) -> None:
+    print("cost against size: pages, enqueue and claim, a simulated month", flush=True)
+    results.data["size"] = await size.run(m.quick)
+    results.save()
 
 
 async def argon2(m: Matrix, results: Results) -> None:

@@ -27,7 +27,11 @@ def clean_environment() -> dict[str, str]:
     """This process's environment without any of the service's settings, so nothing set by
     whoever runs the bench leaks into a measured configuration."""
     names = {name.upper() for name in Settings.model_fields}
-    return {k: v for k, v in os.environ.items() if k.upper() not in names}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k.upper() not in names and not k.upper().startswith("OTEL_")  # tracing: bench/tracing
+    }
 
 
 def service_environment(

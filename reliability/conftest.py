@@ -5,6 +5,7 @@ of the suite's own: the machine's shared PostgreSQL (5432) and Redis (6379) are 
 stopped, restarted or even used.
 """
 
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from reliability import results
 from reliability.harness import Deployment, deployment
 from reliability.postgres import PgCluster, private_cluster
+from tests.pgbouncer import PgBouncer
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -42,20 +44,38 @@ def pg_cluster() -> Iterator[PgCluster]:
         yield cluster
 
 
+@pytest.fixture(scope="session")
+def pg_bouncer(pg_cluster: PgCluster) -> Iterator[PgBouncer | None]:
+    """RELIABILITY_PGBOUNCER=1: a PgBouncer in transaction mode in front of the cluster, with
+    PGBOUNCER_POOL_SIZE server connections, which every service goes through."""
+    if os.environ.get("RELIABILITY_PGBOUNCER", "").lower() not in {"1", "true", "yes"}:
+        yield None
+        return
+    pool_size = int(os.environ.get("PGBOUNCER_POOL_SIZE", "10"))
+    with PgBouncer(pg_cluster.url("postgres"), pool_size=pool_size) as bouncer:
+        yield bouncer
+
+
 @pytest.fixture
 def deploy(
-    request: pytest.FixtureRequest, tmp_path: Path, pg_cluster: PgCluster
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    pg_cluster: PgCluster,
+    pg_bouncer: PgBouncer | None,
 ) -> Iterator[Deployment]:
     """A fresh database on the shared private cluster, an SMTP sink, and no process yet."""
-    with deployment(request.node.name, tmp_path, pg_cluster) as running:
+    with deployment(request.node.name, tmp_path, pg_cluster, pg_bouncer) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def deploy_module(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg_cluster: PgCluster
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_cluster: PgCluster,
+    pg_bouncer: PgBouncer | None,
 ) -> Iterator[Deployment]:
     """The same, shared by the tests of one module."""
     name = request.module.__name__.rpartition(".")[2]
-    with deployment(name, tmp_path_factory.mktemp(name), pg_cluster) as running:
+    with deployment(name, tmp_path_factory.mktemp(name), pg_cluster, pg_bouncer) as running:
         yield running

@@ -12,15 +12,20 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from app.core.config import Settings
 from reliability.load import RegistrationStream
 from reliability.postgres import PgCluster
 from reliability.processes import ApiServer, CeleryWorker, RedisServer, service_env
 from reliability.results import line, record
 from reliability.smtp import SmtpSink, smtp_server
-from reliability.verify import account, job_evidence, wait_settled
+from reliability.verify import account, job_evidence, mail_delays, wait_settled
+from tests.pgbouncer import PgBouncer
 
-LEASE = timedelta(seconds=20)  # JOB_LEASE_SECONDS of service_env
-SETTLE_TIMEOUT_S = 300.0
+# The services run at the default settings (service_env).
+LEASE = timedelta(seconds=Settings.model_fields["job_lease_seconds"].default)
+REPUBLISH_S: float = Settings.model_fields["job_republish_seconds"].default
+# Long enough for a message the broker lost, which waits for the relay's republish sweep.
+SETTLE_TIMEOUT_S = REPUBLISH_S + 120.0
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT")  # a log line of the app, not a traceback's
 
 
@@ -38,10 +43,14 @@ class Deployment:
     redis: RedisServer | None = None
     apis: list[ApiServer] = field(default_factory=list)
     workers: list[CeleryWorker] = field(default_factory=list)
+    # Set when the services go through a PgBouncer: the database straight on the cluster,
+    # which the accounting reads and the services LISTEN on.
+    direct_url: str = ""
 
     @property
     def dsn(self) -> str:
-        return self.database_url.replace("postgresql+asyncpg://", "postgresql://")
+        url = self.direct_url or self.database_url
+        return url.replace("postgresql+asyncpg://", "postgresql://")
 
     def env(self) -> dict[str, str]:
         broker = self.redis.url if self.redis else ""
@@ -100,12 +109,18 @@ class Deployment:
         fault: str,
         extra: dict[str, Any] | None = None,
         settle_timeout: float = SETTLE_TIMEOUT_S,
+        recovered_at: float | None = None,
     ) -> dict[str, Any]:
-        """Wait for every accepted email (bounded), then count and write the results."""
+        """Wait for every accepted email (bounded), then count and write the results.
+
+        `recovered_at` (time.monotonic()): when the fault ended; each mail's delay after it
+        is reported (see mail_delays)."""
         accepted = stream.accepted()
         waited, settled = await wait_settled(self.dsn, self.sink, accepted, within=settle_timeout)
         deliveries = self.sink.snapshot()
         report = account(accepted, deliveries)
+        if recovered_at is not None:
+            extra = (extra or {}) | mail_delays(stream, deliveries, recovered_at=recovered_at)
         evidence = await job_evidence(self.dsn, lease=LEASE, report=report, deliveries=deliveries)
         figures: dict[str, Any] = {
             "fault": fault,
@@ -138,13 +153,19 @@ def migrate(env: dict[str, str], cwd: Path) -> None:
 
 @contextlib.contextmanager
 def deployment(
-    name: str, workdir: Path, cluster: PgCluster, **settings: str
+    name: str, workdir: Path, cluster: PgCluster, bouncer: PgBouncer | None = None, **settings: str
 ) -> Iterator[Deployment]:
+    """With `bouncer` the services (and their migration) reach the database through it, as
+    DB_TRANSACTION_POOLER=true, and LISTEN on the direct URL."""
     sink = SmtpSink()
     database = re.sub(r"\W", "_", name.lower())[:50]
     with smtp_server(sink) as port:
-        url = cluster.create_database(database)
+        url = direct = cluster.create_database(database)
+        if bouncer is not None:
+            url = bouncer.url(database)
+            settings = settings | {"db_transaction_pooler": "true", "database_listen_url": direct}
         running = Deployment(name, workdir, cluster, url, sink, port, settings=settings)
+        running.direct_url = direct
         migrate(running.env(), workdir)
         try:
             yield running

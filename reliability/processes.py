@@ -37,8 +37,9 @@ def service_env(
 ) -> dict[str, str]:
     """The caller's environment without any app setting, plus the service's own.
 
-    Leases and the republish sweep are shortened from their production defaults (60 s, 300 s)
-    so that recovery happens within a scenario; everything else is the default.
+    Every job setting is at its production default (JOB_LEASE_SECONDS 60, JOB_REPUBLISH_SECONDS
+    300): recovery is measured as an operator would meet it, not at shortened values that would
+    hide a job waiting for a lease or the republish sweep.
     """
     app_variables = {name.upper() for name in Settings.model_fields}
     clean = {k: v for k, v in os.environ.items() if k not in app_variables}
@@ -57,8 +58,6 @@ def service_env(
             "PUBLIC_BASE_URL": "http://127.0.0.1:8000",
             # Every registration of the stream comes from one client address.
             "RATE_LIMIT_ENABLED": "false",
-            "JOB_LEASE_SECONDS": "20",
-            "JOB_REPUBLISH_SECONDS": "20",
             "ACCESS_LOG": "true",
             "LOG_LEVEL": "INFO",
         }

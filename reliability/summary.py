@@ -10,8 +10,9 @@ FAULTS = [
     ("b-worker-killed", "b. Celery worker SIGKILLed mid-delivery, new one 2 s later"),
     ("c-api-killed", "c. API SIGKILLed mid-request and mid-delivery, restarted (embedded)"),
     ("d-smtp-451", "d. SMTP answers 451 for 30 s (embedded)"),
-    ("e-postgres-restart", "e. PostgreSQL stopped 5 s and started; API not restarted"),
+    ("e-postgres-restart", "e. PostgreSQL stopped 5 s and started; embedded, not restarted"),
     ("f-sigterm", "f. SIGTERM under load (32 clients), new process once it exited"),
+    ("g-postgres-restart-celery", "g. PostgreSQL stopped 5 s and started; Celery on Redis"),
 ]
 COLUMNS = [
     ("accepted", "accepted"),
@@ -23,12 +24,18 @@ COLUMNS = [
     ("answers_503", "503"),
     ("transport_errors", "conn. errors"),
     ("retries", "retries"),
+    ("mail_delay_p50_s", "mail delay after the fault p50 (s)"),
+    ("mail_delay_max_s", "max (s)"),
 ]
 
 
 def load(name: str) -> dict[str, Any] | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{value:,}"
 
 
 def faults_table() -> list[str]:
@@ -39,7 +46,7 @@ def faults_table() -> list[str]:
     for name, title in FAULTS:
         figures = load(name)
         if figures:
-            cells = " | ".join(f"{figures[key]:,}" for key, _ in COLUMNS)
+            cells = " | ".join(_cell(figures.get(key)) for key, _ in COLUMNS)
             rows.append(f"| {title} | {cells} |")
     return rows
 

@@ -42,7 +42,13 @@ def latency(stream: RegistrationStream, deploy: Deployment) -> dict[str, float]:
     return {"p50": round(cuts[49], 3), "p99": round(cuts[98], 3), "max": round(lags[-1], 3)}
 
 
+def recorded_as(deploy: Deployment, name: str) -> str:
+    """Runs through a PgBouncer (RELIABILITY_PGBOUNCER=1) are recorded beside direct ones."""
+    return f"{name}-pgbouncer" if deploy.database_url != deploy.direct_url else name
+
+
 async def run(deploy: Deployment, name: str, *, apis: int, workers: int, count: int) -> None:
+    name = recorded_as(deploy, name)
     await deploy.start_redis()
     servers = [await deploy.start_api(f"api{n + 1}") for n in range(apis)]
     for n in range(workers):
@@ -82,8 +88,8 @@ async def test_baseline_one_api_one_worker(deploy: Deployment) -> None:
 
 async def test_two_apis_two_workers(deploy: Deployment) -> None:
     await run(deploy, "scale-2api-2worker", apis=2, workers=2, count=REGISTRATIONS)
-    scaled = RUNS["scale-2api-2worker"]
-    baseline = RUNS.get("scale-1api-1worker")
+    scaled = RUNS[recorded_as(deploy, "scale-2api-2worker")]
+    baseline = RUNS.get(recorded_as(deploy, "scale-1api-1worker"))
     comparison: dict[str, Any] = {
         "registrations": scaled["registrations"],
         "registrations_per_s": scaled["registrations_per_s"],
@@ -104,4 +110,4 @@ async def test_two_apis_two_workers(deploy: Deployment) -> None:
         comparison["speedup_registrations"] = round(
             scaled["registrations_per_s"] / baseline["registrations_per_s"], 2
         )
-    record("scale-out", comparison)
+    record(recorded_as(deploy, "scale-out"), comparison)

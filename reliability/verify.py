@@ -11,6 +11,7 @@ Vocabulary of the reports:
 """
 
 import asyncio
+import math
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -20,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from reliability.load import RegistrationStream
 from reliability.smtp import Delivery, SmtpSink
 
 UNSETTLED = ("queued", "running", "failed")
@@ -56,6 +58,39 @@ def account(accepted: set[str], deliveries: list[Delivery]) -> DeliveryReport:
         resent=sum(n - 1 for n in transmissions.values()),
         unexpected=sorted(set(per_recipient) - accepted),
     )
+
+
+def mail_delays(
+    stream: RegistrationStream, deliveries: list[Delivery], *, recovered_at: float
+) -> dict[str, Any]:
+    """How long after the fault ended the mails waiting for it arrived.
+
+    For each accepted registration whose first mail arrived after `recovered_at`: seconds from
+    the later of `recovered_at` and its 201 until that mail. Mails that went out during the
+    fault did not wait for recovery and are not counted."""
+    arrived: dict[str, float] = {}
+    for delivery in deliveries:
+        arrived[delivery.recipient] = min(delivery.at, arrived.get(delivery.recipient, math.inf))
+    delays = []
+    for registration in stream.registrations:
+        at = arrived.get(registration.email.lower())
+        answered = [a.finished for a in registration.attempts if a.status == 201 and a.finished]
+        if not registration.accepted or at is None or at < recovered_at or not answered:
+            continue
+        delays.append(at - max(recovered_at, answered[-1]))
+    delays.sort()
+
+    def rank(share: float) -> float | None:
+        if not delays:
+            return None
+        return round(delays[max(math.ceil(share * len(delays)) - 1, 0)], 2)
+
+    return {
+        "mails_after_fault": len(delays),
+        "mail_delay_max_s": rank(1.0),
+        "mail_delay_p50_s": rank(0.5),
+        "mail_delay_p99_s": rank(0.99),
+    }
 
 
 async def connect(dsn: str) -> Any:

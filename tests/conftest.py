@@ -6,6 +6,7 @@ once, which an outer rollback transaction could not cover); afterwards every tab
 """
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import gc
@@ -29,17 +30,31 @@ from fastapi import FastAPI
 from sqlalchemy import delete
 from sqlalchemy.engine import make_url
 
+from app.core import security
 from app.core.config import Settings
 from app.db.base import Base
 from app.db.models import User
 from app.main import create_app
-from app.schemas.users import UserCreate
-from app.services import startup, users
+from app.services import startup
+from tests.pgbouncer import PgBouncer
 
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/accounts_test"
 )
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+_TRUE = {"1", "true", "yes"}
+# TEST_PGBOUNCER=1 (`make test-pgbouncer`): the app reaches PostgreSQL through a real
+# PgBouncer in transaction mode started for this run (tests/pgbouncer.py) with
+# DB_TRANSACTION_POOLER=true and DATABASE_LISTEN_URL the direct URL. Creating and dropping the
+# database goes straight to the server; migrations go through PgBouncer, as an operator's
+# `python -m app migrate` would. TEST_DB_TRANSACTION_POOLER=false keeps PgBouncer but turns
+# the setting off, to see what it protects against.
+THROUGH_PGBOUNCER = os.environ.get("TEST_PGBOUNCER", "").lower() in _TRUE
+# Fewer server connections than one app's pool (DB_POOL_SIZE 5 in tests) has clients.
+PGBOUNCER_POOL_SIZE = int(os.environ.get("TEST_PGBOUNCER_POOL_SIZE", "4"))
+POOLER_SETTING = os.environ.get("TEST_DB_TRANSACTION_POOLER", "true").lower() in _TRUE
+# A URL through PgBouncer -> the same database straight on the server.
+DIRECT_URLS: dict[str, str] = {}
 PASSWORD = "correct horse battery"
 
 
@@ -62,6 +77,31 @@ async def _admin(url: str, *statements: str) -> None:
         await admin.close()
 
 
+@contextlib.contextmanager
+def server_database(backend: str, directory: Path, label: str) -> Iterator[str]:
+    """The URL of a fresh database for a server in a process of its own: a SQLite file in
+    `directory`, or a PostgreSQL database named after `label` and this process (required in CI),
+    dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{directory / 'app.db'}"
+        return
+    base = make_url(POSTGRES_URL)
+    url = base.set(database=f"{base.database}_{label}_{os.getpid()}")
+    name = url.database
+    try:
+        asyncio.run(
+            _admin(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"')
+        )
+    except ConnectionError as exc:
+        if IN_CI:
+            pytest.fail(f"CI needs PostgreSQL: {exc}")
+        pytest.skip(str(exc))
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_admin(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -78,15 +118,27 @@ def database_url(
     base = make_url(POSTGRES_URL)
     url = base.set(database=f"{base.database}_{os.getpid()}").render_as_string(hide_password=False)
     name = make_url(url).database
+    assert name
     try:
         asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"'))
     except ConnectionError as exc:
         if IN_CI:
             pytest.fail(f"CI needs PostgreSQL: {exc}")
         pytest.skip(str(exc))
-    command.upgrade(startup.alembic_config(make_settings(url)), "head")
-    yield url
-    asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with contextlib.ExitStack() as stack:
+        if THROUGH_PGBOUNCER:
+            bouncer = stack.enter_context(PgBouncer(url, pool_size=PGBOUNCER_POOL_SIZE))
+            DIRECT_URLS[bouncer.url(name)] = url
+            url = bouncer.url(name)
+        command.upgrade(startup.alembic_config(make_settings(url)), "head")
+        yield url
+    asyncio.run(_admin(direct_url(url), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def direct_url(database_url: str) -> str:
+    """The database of `database_url` straight on its server, for what a test does beside the
+    app: inspecting server connections, holding locks, LISTEN (not through PgBouncer)."""
+    return DIRECT_URLS.get(database_url, database_url)
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
@@ -104,8 +156,15 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "public_base_url": "http://testserver",
         # The many tests that register and log in would trip the limits; their tests enable them.
         "rate_limit_enabled": False,
+        # Nor does the hourly prune_history job enqueue itself in every test; its tests set it.
+        "prune_interval_seconds": 0,
         "_env_file": None,
     }
+    if database_url in DIRECT_URLS:
+        values |= {
+            "db_transaction_pooler": POOLER_SETTING,
+            "database_listen_url": DIRECT_URLS[database_url],
+        }
     return Settings(**(values | overrides))
 
 
@@ -117,7 +176,9 @@ class SmtpSink:
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
-        self.refuse_with: str | None = None
+        self.refuse_with: str | None = None  # a reply to DATA
+        # A reply to RCPT; "{address}" in it becomes the recipient, as servers quote it.
+        self.refuse_recipient_with: str | None = None
         # Set `stall`: the next delivery hangs mid-conversation until release(); `stalled` tells.
         self.stall = False
         self.stalled = asyncio.Event()
@@ -129,6 +190,7 @@ class SmtpSink:
     def reset(self, loop: asyncio.AbstractEventLoop) -> None:
         self.messages.clear()
         self.refuse_with = None
+        self.refuse_recipient_with = None
         self.stall = False
         self.stalled = asyncio.Event()
         self._release = threading.Event()
@@ -137,6 +199,14 @@ class SmtpSink:
 
     def release(self) -> None:
         self._release.set()
+
+    async def handle_RCPT(
+        self, server: object, session: object, envelope: Envelope, address: str, options: object
+    ) -> str:
+        if self.refuse_recipient_with is not None:
+            return self.refuse_recipient_with.format(address=address)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: object, session: object, envelope: Envelope) -> str:
         if self.stall and self._loop is not None:
@@ -223,23 +293,32 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 MakeUser = Callable[..., Awaitable[User]]
+_hashes: dict[str, str] = {}
+
+
+async def _hashed(password: str) -> str:
+    """Argon2 once per password per test run: most tests make users with the same one."""
+    if password not in _hashes:
+        _hashes[password] = await security.hash_password(password)
+    return _hashes[password]
 
 
 @pytest.fixture
 def make_user(app: FastAPI) -> MakeUser:
-    """Create a user directly through the service; keyword arguments set model fields."""
+    """Insert a user directly, without the welcome email a registration enqueues; keyword
+    arguments set model fields."""
 
     async def make(
         email: str | None = None, password: str = PASSWORD, name: str = "Test User", **fields: Any
     ) -> User:
-        data = UserCreate(
-            email=email or f"user-{uuid.uuid4().hex[:12]}@example.com", name=name, password=password
+        user = User(
+            email=User.normalize_email(email or f"user-{uuid.uuid4().hex[:12]}@example.com"),
+            name=name,
+            hashed_password=await _hashed(password),
+            **fields,
         )
         async with app.state.db.transaction() as session:
-            user = await users.register(session, data, secret="unused")
-            assert isinstance(user, User)
-            for field, value in fields.items():
-                setattr(user, field, value)
+            session.add(user)
         return user
 
     return make
@@ -296,7 +375,11 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-async def event_loop_not_blocked() -> AsyncIterator[None]:
+async def event_loop_not_blocked(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    if request.node.get_closest_marker("app_in_another_process"):
+        # Only the test's own client runs here: on a loaded machine its steps are what trips.
+        yield
+        return
     loop = asyncio.get_running_loop()
     loop.set_debug(True)
     loop.slow_callback_duration = SLOW_CALLBACK_S

@@ -13,7 +13,7 @@ async def wait_for_job(db: Database, job_id: uuid.UUID, *statuses: JobStatus) ->
     """The job, once it reaches one of `statuses` (at most JOB_WAIT_S)."""
     async with asyncio.timeout(JOB_WAIT_S):
         while True:
-            async with db.read_sessionmaker() as session:
+            async with db.transaction() as session:
                 job = await session.get(Job, job_id)
             if job is not None and job.status in statuses:
                 return job

@@ -10,7 +10,7 @@ def text_body(message: EmailMessage) -> str:
     assert part is not None, "the email has no text part"
     content = part.get_content()
     assert isinstance(content, str)
-    return content
+    return content.replace("\r\n", "\n")  # as a reader sees it: the wire's CRLF is framing
 
 
 def link_in(message: EmailMessage) -> str:

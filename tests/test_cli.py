@@ -320,6 +320,29 @@ def test_serve_answers_health_live(
     assert response.json() == {"status": "ok"}
 
 
+def test_serve_believes_x_forwarded_for_only_from_forwarded_allow_ips(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # In .env, which uvicorn does not read itself: `serve` must hand the setting over.
+    (tmp_path / ".env").write_text("FORWARDED_ALLOW_IPS=127.0.0.5\n")
+    with serving(env | {"RATE_LIMIT_FORGOT": "2/minute"}, tmp_path) as (process, base_url):
+        wait_until_live(process, base_url, tmp_path / "serve.log")
+
+        def forgot(source: str, n: int) -> int:
+            transport = httpx.HTTPTransport(local_address=source)
+            with httpx.Client(transport=transport, base_url=base_url, timeout=TIMEOUT_S) as http:
+                response = http.post(
+                    "/api/v1/auth/forgot-password",
+                    json={"email": f"nobody-{source}-{n}@example.com"},
+                    headers={"X-Forwarded-For": f"203.0.113.{n}"},
+                )
+                return response.status_code
+
+        # 127.0.0.1 is no longer trusted: its forwarded addresses are ignored, it is one client.
+        assert [forgot("127.0.0.1", n) for n in range(3)] == [202, 202, 429]
+        assert [forgot("127.0.0.5", n) for n in range(4)] == [202] * 4
+
+
 def test_serve_shuts_down_cleanly_on_sigterm(
     server: tuple[subprocess.Popen[str], str], tmp_path: Path
 ) -> None:
@@ -356,7 +379,7 @@ def test_jobs_list_shows_status_attempts_and_error(
     assert "dead" in result.stdout
     assert "8/8" in result.stdout
     assert "SMTPServerDisconnected: gone" in result.stdout
-    assert "1 of 1 job(s)" in result.stdout
+    assert "1 job(s), newest first\n" in result.stdout
 
 
 def test_jobs_retry_queues_a_dead_job_again(
@@ -491,3 +514,61 @@ def test_celery_processes_leave_their_startup_objects_out_of_full_collections(
     assert before == 0
     assert consumer > 10_000
     assert pool_process > 10_000
+
+
+IMPORT_WORKER_THEN_FIND_IT = """
+import app.worker
+print("imported")
+from celery.app.utils import find_app
+celery = find_app("app.worker")  # what `celery -A app.worker` does
+print(celery.conf.broker_url, "jobs.run" in celery.tasks)
+from app.services.job_registry import registry
+print(*sorted(registry.definitions))  # every job of JOB_MODULES, none imported by hand
+"""
+
+
+def test_the_worker_module_does_nothing_at_import_and_builds_celery_when_asked(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Importing it reads no settings (a production environment without SECRET_KEY would
+    refuse to load them); `celery -A app.worker` finds an app built from the environment."""
+    refused = python(env | {"ENVIRONMENT": "production"}, tmp_path, "-c", "import app.worker")
+    assert refused.returncode == 0, refused.stderr
+    found = python(
+        env | {"BROKER_URL": "redis://127.0.0.1:6379/14"},
+        tmp_path,
+        "-c",
+        IMPORT_WORKER_THEN_FIND_IT,
+    )
+    assert found.returncode == 0, found.stderr
+    imported, built, known = found.stdout.splitlines()
+    assert imported == "imported"
+    assert built == "redis://127.0.0.1:6379/14 True"
+    assert known.split() == [
+        "prune_history",
+        "send_api_key_created_email",
+        "send_password_reset_email",
+        "send_welcome_email",
+    ]
+
+
+def test_prune_deletes_old_history_now_and_says_what(
+    env: dict[str, str], tmp_path: Path, db_path: Path
+) -> None:
+    assert run(env, tmp_path, "migrate").returncode == 0
+    dead = insert_dead_job(db_path)  # dead since January 2026, past DEAD_JOB_RETENTION_DAYS
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "INSERT INTO jobs (id, name, payload, status, attempts, max_attempts,"
+            " run_at, created_at, updated_at) VALUES (?, 'send_welcome_email', '{}', 'queued',"
+            " 0, 8, '2026-01-01 00:00:00', '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+            ("0" * 31 + "1",),
+        )
+    result = run(env, tmp_path, "prune", DEAD_JOB_RETENTION_DAYS="30")
+    assert result.returncode == 0, result.stderr
+    assert "jobs: 1 deleted" in result.stdout.splitlines()
+    assert "refresh_tokens: 0 deleted" in result.stdout.splitlines()
+    with sqlite3.connect(db_path) as conn:
+        left = [row[0] for row in conn.execute("SELECT id FROM jobs")]
+    assert left == ["0" * 31 + "1"]  # a queued job is never pruned, however old
+    assert dead not in left

@@ -125,7 +125,7 @@ def test_the_environment_is_a_valid_production_configuration(
 ) -> None:
     for name in SETTINGS:
         monkeypatch.delenv(name, raising=False)
-    variables = {"SECRET_KEY": secrets.token_urlsafe(48)}
+    variables = {"SECRET_KEY": secrets.token_urlsafe(48), "SMTP_HOST": "smtp.example.com"}
     for service in app_services.values():
         values: dict[str, Any] = {
             name.lower(): interpolate(str(value), variables)
@@ -144,6 +144,14 @@ def test_compose_refuses_to_start_without_a_secret_key(
     for service in app_services.values():
         with pytest.raises(LookupError, match="SECRET_KEY"):
             interpolate(service["environment"]["SECRET_KEY"], {})
+
+
+def test_compose_refuses_to_start_without_an_smtp_host(
+    app_services: dict[str, dict[str, Any]],
+) -> None:
+    for service in app_services.values():
+        with pytest.raises(LookupError, match="SMTP_HOST"):
+            interpolate(service["environment"]["SMTP_HOST"], {})
 
 
 def test_services_start_in_order(compose: dict[str, Any]) -> None:
@@ -233,6 +241,15 @@ def test_the_image_runs_as_a_user_other_than_root() -> None:
     users = dockerfile_arguments("USER")
     assert users
     assert users[-1] not in ("root", "0")
+
+
+def test_the_image_runs_in_production_by_default() -> None:
+    variables = dict(
+        assignment.split("=", 1)
+        for rest in dockerfile_arguments("ENV")
+        for assignment in shlex.split(rest)
+    )
+    assert variables["ENVIRONMENT"] == "production"
 
 
 def test_the_default_command_serves_on_every_interface() -> None:

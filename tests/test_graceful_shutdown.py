@@ -1,6 +1,10 @@
 """SIGTERM to a real `python -m app serve` under load: in-flight requests finish, none is lost.
 
-Every request either gets its whole answer or was never seen by the application: refused (the
+One registration is held in the application at SIGTERM for certain: its headers went out with
+`Expect: 100-continue`, the server's "100 Continue" shows the application has begun reading its
+body, and the body follows only after the signal. It must be answered 201.
+
+Every other request either gets its whole answer or was never seen by the application: refused (the
 listening socket had closed) or dropped unread (the server closed an idle keep-alive connection
 just as the client reused it, or a connection waited in the backlog of a socket nobody accepts
 from any more). "Never seen" is proven from the server's side: the request id is in no log line
@@ -9,6 +13,7 @@ database with its welcome job, queued or done.
 """
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -25,13 +30,12 @@ from typing import Literal
 import httpx
 import pytest
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.core.config import Settings
 from app.db.models import Job, JobStatus, User
 from app.services import tasks
-from tests.conftest import IN_CI, PASSWORD, POSTGRES_URL, _admin
+from tests.conftest import PASSWORD, server_database
 
 ROOT = Path(__file__).parents[1]
 CLIENTS = 32
@@ -67,23 +71,8 @@ class Sent:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh database of each backend for the server; PostgreSQL is required in CI."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
-        return
-    base = make_url(POSTGRES_URL)
-    url = base.set(database=f"{base.database}_shutdown_{os.getpid()}")
-    name = url.database
-    try:
-        asyncio.run(
-            _admin(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"')
-        )
-    except ConnectionError as exc:
-        if IN_CI:
-            pytest.fail(f"CI needs PostgreSQL: {exc}")
-        pytest.skip(str(exc))
-    yield url.render_as_string(hide_password=False)
-    asyncio.run(_admin(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with server_database(request.param, tmp_path, "shutdown") as url:
+        yield url
 
 
 @pytest.fixture
@@ -149,8 +138,59 @@ def start_server(
     pytest.fail(f"serve did not answer within 30 s:\n{log.read_text()}")
 
 
+class HeldRegistration:
+    """A registration on a raw connection, stopped half-way: the server is reading its body."""
+
+    def __init__(self, base_url: str) -> None:
+        self.url = httpx.URL(base_url)
+        self.request = Sent(
+            "register",
+            request_id=f"shutdown-held-{uuid.uuid4().hex[:8]}",
+            email=f"held-{uuid.uuid4().hex[:6]}@example.com",
+            before_sigterm=True,
+            in_flight_at_sigterm=True,
+        )
+        body = {"email": self.request.email, "name": "Held", "password": PASSWORD}
+        self.body = json.dumps(body).encode()
+
+    async def begin(self) -> None:
+        """Send the head and wait for "100 Continue": the application has asked for the body."""
+        assert self.url.port is not None
+        self.reader, self.writer = await asyncio.open_connection(self.url.host, self.url.port)
+        self.writer.write(
+            b"POST /api/v1/auth/register HTTP/1.1\r\n"
+            b"Host: %s\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\n"
+            b"Expect: 100-continue\r\n"
+            b"X-Request-ID: %s\r\n\r\n"
+            % (self.url.host.encode(), len(self.body), self.request.request_id.encode())
+        )
+        await self.writer.drain()
+        interim = await self.reader.readuntil(b"\r\n\r\n")
+        assert interim.startswith(b"HTTP/1.1 100 "), interim
+
+    async def finish(self) -> None:
+        """Send the body and read the whole answer; the server closes the connection after it."""
+        self.writer.write(self.body)
+        await self.writer.drain()
+        try:
+            answer = await self.reader.read()
+        except OSError as exc:
+            self.request.error = httpx.ReadError(str(exc))
+            return
+        finally:
+            self.writer.close()
+        status_line, _, _ = answer.partition(b"\r\n")
+        if status_line:
+            self.request.status = int(status_line.split()[1])
+        else:
+            self.request.error = httpx.RemoteProtocolError("closed without an answer")
+
+
 async def load_and_terminate(base_url: str, process: subprocess.Popen[bytes]) -> list[Sent]:
-    """CLIENTS clients alternating registrations and liveness checks; SIGTERM in the middle."""
+    """CLIENTS clients alternating registrations and liveness checks; SIGTERM in the middle,
+    with one registration held inside the application."""
     sent: list[Sent] = []
     terminated = False
     enough_answers = asyncio.Event()
@@ -187,14 +227,18 @@ async def load_and_terminate(base_url: str, process: subprocess.Popen[bytes]) ->
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S)
     async with httpx.AsyncClient(base_url=base_url, timeout=timeout) as client:
         clients = [asyncio.create_task(hammer(client, n)) for n in range(CLIENTS)]
+        held = HeldRegistration(base_url)
         async with asyncio.timeout(REQUEST_TIMEOUT_S):
             await enough_answers.wait()
+            await held.begin()
         for request in sent:
             request.in_flight_at_sigterm = request.status is None and request.error is None
         process.send_signal(signal.SIGTERM)
         terminated = True
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):
+            await held.finish()
         await asyncio.gather(*clients)
-    return sent
+    return [*sent, held.request]
 
 
 async def registrations(database_url: str) -> tuple[set[str], dict[str, list[JobStatus]]]:
@@ -256,8 +300,8 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_loses_none(
     assert "graceful shutdown exceeded" not in log, log
     assert "Traceback" not in log, log
 
-    in_flight = [r for r in sent if r.in_flight_at_sigterm]
-    assert any(r.status is not None for r in in_flight), summary
+    held = sent[-1]
+    assert held.status == 201, f"the registration held in the application at SIGTERM: {summary}"
 
     unanswered = [r for r in sent if r.status is None]
     assert all(r.outcome in ("refused", "dropped unread") for r in unanswered), summary

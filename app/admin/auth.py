@@ -11,12 +11,13 @@ from typing import Any
 from sqladmin.authentication import AuthenticationBackend
 from starlette.requests import Request
 
+from app.core import security
 from app.core.config import Settings
-from app.core.errors import NotAuthenticated, TooManyRequests
+from app.core.errors import InvalidCredentials, NotAuthenticated, TooManyRequests
 from app.db.models import User
 from app.db.session import Database
 from app.services import auth
-from app.services.rate_limits import RateLimits
+from app.services.rate_limits import RateLimits, client_bucket
 
 SESSION_COOKIE = "admin_session"
 # Every response signs the cookie afresh: this is how long an idle admin stays logged in.
@@ -28,7 +29,7 @@ class AdminAuth(AuthenticationBackend):
         self, db: Database, settings: Settings, rate_limits: RateLimits, *, path: str
     ) -> None:
         super().__init__(
-            secret_key=settings.signing_key,
+            secret_key=security.purpose_key(settings.signing_key, security.ADMIN_COOKIE),
             session_cookie=SESSION_COOKIE,
             max_age=SESSION_MAX_AGE_S,
             path=path,
@@ -45,12 +46,13 @@ class AdminAuth(AuthenticationBackend):
         email, password = form.get("username"), form.get("password")
         if not isinstance(email, str) or not isinstance(password, str):
             return False
-        client = request.client.host if request.client else "unknown"
+        client = client_bucket(request.client.host if request.client else "unknown")
         try:
-            # The same limits and the same checks as the API's token endpoint: the admin login
-            # is no second way to guess passwords.
-            await self.rate_limits.check("token", client=client, email=email)
-            user, _ = await auth.check_password(self.db, email=email, password=password)
+            # The API's rules in counters of its own: the admin login is no second way to guess
+            # passwords, and guesses at the API cannot lock the operators out of the admin.
+            attempt = await self.rate_limits.begin_login("admin", client=client, email=email)
+            async with attempt.counting(InvalidCredentials), self.db.transaction() as session:
+                user, _ = await auth.check_password(session, email=email, password=password)
         except (TooManyRequests, NotAuthenticated):
             return False
         if not user.is_superuser:
@@ -66,7 +68,7 @@ class AdminAuth(AuthenticationBackend):
     async def authenticate(self, request: Request) -> bool:
         user_id = _parse_uuid(request.session.get("user_id"))
         if user_id is not None:
-            async with self.db.read_sessionmaker() as session:
+            async with self.db.transaction() as session:
                 user = await session.get(User, user_id)
             if (
                 user is not None

@@ -1,14 +1,18 @@
 from fastapi import APIRouter, Response
 
 from app.core import metrics
-from app.dependencies import ReadSessionDep
-from app.services import jobs
+from app.dependencies import JobStatsDep, ReadinessDep, metrics_token_required
+from app.schemas.errors import NOT_AUTHENTICATED
+from app.services import scrape
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(
+    tags=["operations"], dependencies=[metrics_token_required], responses=NOT_AUTHENTICATED
+)
 
 
 @router.get("/metrics", response_class=Response)
-async def read_metrics(session: ReadSessionDep) -> Response:
-    """Prometheus text format: requests, database pool, jobs by status, job run times."""
-    counts = await jobs.count_by_status(session)
-    return Response(metrics.render(counts), media_type=metrics.CONTENT_TYPE)
+async def read_metrics(job_stats: JobStatsDep, readiness: ReadinessDep) -> Response:
+    """Prometheus text format: requests, the admission gate, the database pool, readiness, and
+    the jobs (unfinished, lag, outbox backlog, recently dead, run times)."""
+    body = await scrape.render(job_stats=job_stats, readiness=readiness)
+    return Response(body, media_type=metrics.CONTENT_TYPE)

@@ -1,5 +1,6 @@
 """The one Settings object, read from the environment and from `.env`."""
 
+import ipaddress
 import os
 import secrets
 from datetime import timedelta
@@ -27,8 +28,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    # On SIGTERM `serve` stops accepting and gives in-flight requests this long to finish;
-    # then running jobs get JOB_SHUTDOWN_GRACE_SECONDS.
+    # On SIGTERM: in-flight requests get this long, then running jobs JOB_SHUTDOWN_GRACE_SECONDS.
     shutdown_grace_seconds: int = Field(10, ge=0)
     environment: Literal["development", "test", "production"] = "development"
     data_dir: Path = Path("data")
@@ -40,6 +40,16 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(0, ge=0)
     db_pool_timeout: float = Field(5.0, gt=0)
     db_statement_timeout_ms: int = Field(10_000, ge=0)
+    # DATABASE_URL goes through a transaction-mode pooler (PgBouncer, RDS Proxy, Supavisor):
+    # no prepared statement outlives its transaction and no session state is relied on. LISTEN
+    # then goes over DATABASE_LISTEN_URL, a direct connection; without one the poll finds jobs.
+    db_transaction_pooler: bool = False
+    database_listen_url: str = ""
+
+    # A body is read whole before the request is admitted: larger ones get 413 unread, and
+    # one not complete this long after its headers 408; the headers get as long (app/server.py).
+    max_body_bytes: int = Field(1024 * 1024, ge=1)
+    request_body_timeout_seconds: float = Field(10.0, gt=0)
 
     secret_key: str = ""
     access_token_expire_minutes: int = Field(15, ge=1)
@@ -56,6 +66,11 @@ class Settings(BaseSettings):
     job_shutdown_grace_seconds: float = Field(10.0, ge=0)
     # The Celery relay hands a job to the broker again when no worker took it in this time.
     job_republish_seconds: float = Field(300.0, gt=0)
+    # Retention: the periodic prune_history job (0: never; `python -m app prune` still works)
+    # deletes succeeded jobs, and dead ones, this long after they finished.
+    prune_interval_seconds: float = Field(3600.0, ge=0)
+    job_retention_days: float = Field(14.0, ge=0)
+    dead_job_retention_days: float = Field(90.0, ge=0)
 
     # Empty SMTP_HOST: mails are written as .eml files under DATA_DIR/mail and logged.
     smtp_host: str = ""
@@ -69,11 +84,27 @@ class Settings(BaseSettings):
     verify_token_expire_hours: int = Field(48, ge=1)
     reset_token_expire_minutes: int = Field(60, ge=1)
 
-    # Per client and per email, e.g. "10/minute" or "5/minute;50/day".
+    # Limits like "10/minute" or "5/minute;50/day"; app/services/rate_limits.py has the rules.
     rate_limit_enabled: bool = True
+    # Every request, per client and per email.
     rate_limit_register: str = "10/minute"
-    rate_limit_token: str = "20/minute"
     rate_limit_forgot: str = "5/minute"
+    # Failed logins per (email, client), per client over all emails, per email over all clients.
+    rate_limit_token: str = "5/minute;20/hour"
+    rate_limit_token_client: str = "30/minute;300/hour"
+    rate_limit_token_email: str = "100/hour"
+    # Failed admin logins per (email, client); its own counters, with the two budgets above.
+    rate_limit_admin_login: str = "5/minute;20/hour"
+    # Failures per client and per user.
+    rate_limit_refresh: str = "20/minute;200/hour"
+    rate_limit_verify: str = "10/minute;50/hour"
+    rate_limit_reset: str = "5/minute;20/hour"
+    rate_limit_password_change: str = "5/minute;20/hour"
+    # Redis keys start with this; deployments (or test runs) sharing one Redis keep apart.
+    rate_limit_key_prefix: str = Field("rate-limit", min_length=1, pattern=r"^[\w.:-]+$")
+    # Proxies whose X-Forwarded-For names the client (uvicorn's setting): addresses or
+    # networks, comma-separated, or "*". Anyone else's header is ignored.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
     # Where the counters live. Empty: the Redis of a redis:// BROKER_URL, else this process.
     redis_url: str = ""
 
@@ -86,6 +117,10 @@ class Settings(BaseSettings):
     log_format: Literal["", "console", "json"] = ""
     access_log: bool = True
     metrics_enabled: bool = True
+    # Set: /metrics needs "Authorization: Bearer <token>". Production without it serves none.
+    metrics_token: str = ""
+    # Set: `python -m app worker` serves its jobs' metrics on this port (of HOST); 0: none.
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
     # Comma-separated. Browsers on these origins may call the API (bearer tokens, no cookies).
     cors_origins: Annotated[list[str], NoDecode] = []
     # Comma-separated Host header values to accept ("*.example.com" works); "*" accepts any.
@@ -123,7 +158,25 @@ class Settings(BaseSettings):
             )
         return url
 
-    @field_validator("rate_limit_register", "rate_limit_token", "rate_limit_forgot")
+    @field_validator("database_listen_url")
+    @classmethod
+    def _listen_url_is_postgresql(cls, url: str) -> str:
+        if url and not url.startswith("postgresql"):
+            raise ConfigError("DATABASE_LISTEN_URL must be a postgresql:// URL")
+        return url
+
+    @field_validator(
+        "rate_limit_register",
+        "rate_limit_forgot",
+        "rate_limit_token",
+        "rate_limit_token_client",
+        "rate_limit_token_email",
+        "rate_limit_admin_login",
+        "rate_limit_refresh",
+        "rate_limit_verify",
+        "rate_limit_reset",
+        "rate_limit_password_change",
+    )
     @classmethod
     def _parse_rate_limit(cls, value: str, info: ValidationInfo) -> str:
         name = str(info.field_name).upper()
@@ -133,6 +186,20 @@ class Settings(BaseSettings):
             raise ConfigError(f"{name} is not a rate limit like 10/minute: {value!r}") from None
         if any(item.amount < 1 for item in items):
             raise ConfigError(f"{name} must allow at least 1 request: {value!r}")
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _parse_proxies(cls, value: str) -> str:
+        for part in (p.strip() for p in value.split(",")):
+            if part == "*" or part.startswith("unix:"):
+                continue
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"FORWARDED_ALLOW_IPS: {part!r} is not an address, a network or *"
+                ) from None
         return value
 
     @field_validator("redis_url")
@@ -150,6 +217,13 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "SECRET_KEY must be set to a random value of at least 32 characters in production"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _require_smtp_in_production(self) -> "Settings":
+        # Reset links written to files on the server would reach nobody, or the wrong reader.
+        if self.environment == "production" and not self.smtp_host:
+            raise ConfigError("SMTP_HOST must be set in production: emails carry login links")
         return self
 
     @model_validator(mode="after")
@@ -172,9 +246,8 @@ class Settings(BaseSettings):
 
     @property
     def log_json(self) -> bool:
-        return self.log_format == "json" or (
-            self.log_format == "" and self.environment == "production"
-        )
+        default = not self.log_format and self.environment == "production"
+        return self.log_format == "json" or default
 
     @property
     def mail_dir(self) -> Path:
@@ -187,9 +260,13 @@ class Settings(BaseSettings):
     @property
     def rate_limit_redis_url(self) -> str:
         """REDIS_URL, else a Redis broker's; empty: the counters live in this process."""
-        if self.redis_url:
-            return self.redis_url
-        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else ""
+        redis_broker = self.broker_url.startswith(("redis://", "rediss://"))
+        return self.redis_url or (self.broker_url if redis_broker else "")
+
+    @property
+    def metrics_withheld(self) -> bool:
+        """Production serves no metrics without METRICS_TOKEN: its figures are not public."""
+        return self.environment == "production" and not self.metrics_token
 
     @cached_property
     def signing_key(self) -> str:
@@ -198,8 +275,7 @@ class Settings(BaseSettings):
             return self.secret_key
         path = self.data_dir / "secret_key"
         if not path.exists():
-            # Several worker processes may start at once: write aside, then link into place,
-            # which succeeds for exactly one of them.
+            # Worker processes may start at once: write aside, link into place (one wins).
             path.parent.mkdir(parents=True, exist_ok=True)
             draft = path.with_name(f".secret_key.{os.getpid()}")
             draft.touch(mode=0o600)

@@ -7,9 +7,6 @@ class AppError(Exception):
     status_code: ClassVar[int] = 400
     detail: ClassVar[str] = "Bad request"
     headers: ClassVar[dict[str, str] | None] = None
-    # The request fails, but what the service wrote before raising must be committed anyway
-    # (revoking a stolen token family, say).
-    keeps_changes: ClassVar[bool] = False
 
     def __init__(self, detail: str | None = None) -> None:
         self.message = detail or self.detail
@@ -36,7 +33,7 @@ class InvalidToken(NotAuthenticated):
 
 
 class RefreshTokenReused(InvalidToken):
-    keeps_changes = True
+    pass
 
 
 class InactiveUser(NotAuthenticated):
@@ -46,6 +43,10 @@ class InactiveUser(NotAuthenticated):
 class Forbidden(AppError):
     status_code = 403
     detail = "Not enough privileges"
+
+
+class LoginSessionRequired(Forbidden):
+    detail = "This needs a login session; an API key cannot do it"
 
 
 class NotFound(AppError):
@@ -96,6 +97,27 @@ class ServiceBusy(AppError):
     status_code = 503
     detail = "The service is busy; try again shortly"
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
+
+
+class InvalidCursor(AppError):
+    status_code = 422
+    detail = (
+        "Invalid cursor: it is malformed, was altered, or belongs to another list or filter; "
+        "pass the next_cursor of a page of this same list, or start without one"
+    )
+
+
+# Both are answered before the body is read to its end, so the connection cannot be reused.
+class BodyTooLarge(AppError):
+    status_code = 413
+    detail = "The request body is too large"
+    headers: ClassVar[dict[str, str] | None] = {"Connection": "close"}
+
+
+class BodyTimeout(AppError):
+    status_code = 408
+    detail = "The request body did not arrive in time"
+    headers: ClassVar[dict[str, str] | None] = {"Connection": "close"}
 
 
 class JobNotRetryable(AppError):

@@ -1,8 +1,9 @@
 """Structured logs: readable lines in development, one JSON object per line in production.
 
 Every line, from our loggers or from uvicorn, SQLAlchemy and Celery, goes through the same
-structlog processors: a timestamp, the level, the request id of the request being served, and
-a redaction step so that no password, token or secret is ever written.
+structlog processors: a timestamp, the level, the request id of the request being served, the
+trace and span ids when a span is active, and a redaction step so that no password, token or
+secret is ever written.
 """
 
 import logging
@@ -12,25 +13,12 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from app.core import context
+from app.core import context, tracing
+from app.core.redaction import redact_text
 
 SENSITIVE_KEY = re.compile(r"pass(word)?|secret|token|authorization|cookie|api_?key", re.I)
-# Credentials that can hide inside a message text: bearer values, JWTs, passwords in URLs,
-# tokens in query strings (reset and verification links).
-SENSITIVE_TEXT = [
-    (re.compile(r"(?i)(bearer\s+)[\w.~+/=-]+"), r"\1[redacted]"),
-    (re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*"), "[redacted-jwt]"),
-    (re.compile(r"(://[^:/@\s]+:)[^@\s]+@"), r"\1[redacted]@"),
-    (re.compile(r"(?i)([?&](?:token|password|secret)=)[^&\s\"']+"), r"\1[redacted]"),
-]
 REDACTED = "[redacted]"
 HANDLER_NAME = "accounts-service"
-
-
-def _redact_text(text: str) -> str:
-    for pattern, replacement in SENSITIVE_TEXT:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -40,9 +28,9 @@ def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         if SENSITIVE_KEY.search(key):
             event_dict[key] = REDACTED
     if isinstance(event_dict.get("event"), str):
-        event_dict["event"] = _redact_text(event_dict["event"])
+        event_dict["event"] = redact_text(event_dict["event"])
     if isinstance(event_dict.get("exception"), str):
-        event_dict["exception"] = _redact_text(event_dict["exception"])
+        event_dict["exception"] = redact_text(event_dict["exception"])
     return event_dict
 
 
@@ -53,6 +41,15 @@ def add_request_id(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
     return event_dict
 
 
+def add_trace_ids(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """The ids an operator pastes into the tracing UI to see the span a line was written in."""
+    ids = tracing.current_ids()
+    if ids is not None:
+        event_dict.setdefault("trace_id", ids[0])
+        event_dict.setdefault("span_id", ids[1])
+    return event_dict
+
+
 def configure_logging(*, level: str, json: bool, stream: TextIO | None = None) -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -60,6 +57,7 @@ def configure_logging(*, level: str, json: bool, stream: TextIO | None = None) -
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         add_request_id,
+        add_trace_ids,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)

@@ -12,6 +12,35 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db.base import Base, utcnow
 
 
+def _retention_indexes(table: str) -> tuple[Index, Index]:
+    """What the retention job looks for in a table of sessions or tokens: rows that expired,
+    and rows revoked (a session ended, a token rotated), the latter a partial index."""
+    revoked = "revoked_at IS NOT NULL"
+    return (
+        Index(f"ix_{table}_expires_at", "expires_at"),
+        Index(
+            f"ix_{table}_revoked_at",
+            "revoked_at",
+            postgresql_where=text(revoked),
+            sqlite_where=text(revoked),
+        ),
+    )
+
+
+def _live_by_creation(table: str) -> Index:
+    """An owner's list, newest first: a page seeks in it. Only rows not revoked, so revoked
+    ones (API keys are kept) are never walked past."""
+    live = "revoked_at IS NULL"
+    return Index(
+        f"ix_{table}_user_id_created_at_id",
+        "user_id",
+        "created_at",
+        "id",
+        postgresql_where=text(live),
+        sqlite_where=text(live),
+    )
+
+
 class User(Base):
     __tablename__ = "users"
 
@@ -29,6 +58,9 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
+    # The list's keyset order: a page seeks here, at any depth.
+    __table_args__ = (Index("ix_users_created_at_id", "created_at", "id"),)
+
     @staticmethod
     def normalize_email(email: str) -> str:
         """The stored form: NFC, as registration validates it, then lowercased in Python
@@ -40,8 +72,32 @@ class User(Base):
         return cls.email == cls.normalize_email(email)
 
 
+class LoginSession(Base):
+    """A signed-in session: what a login starts, each refresh extends and logout ends.
+
+    Its access tokens name it (the `sid` claim) and its refresh tokens belong to it, so ending
+    it stops both at once.
+    """
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    user_agent: Mapped[str | None] = mapped_column(String(255))
+    ip: Mapped[str | None] = mapped_column(String(45))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The expiry of its newest refresh token: past it, nothing can extend the session.
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+    __table_args__ = (*_retention_indexes(__tablename__), _live_by_creation(__tablename__))
+
+
 class RefreshToken(Base):
-    """One refresh token; a login starts a family that each rotation extends."""
+    """One refresh token of a session; each rotation consumes one and issues the next."""
 
     __tablename__ = "refresh_tokens"
 
@@ -49,12 +105,18 @@ class RefreshToken(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
-    family_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("login_sessions.id", ondelete="CASCADE"), index=True
+    )
     # SHA-256 of the token: a leaked table cannot be replayed.
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The user's token version when it was issued: a password change makes it worthless.
+    token_version: Mapped[int] = mapped_column(default=0)
     expires_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = _retention_indexes(__tablename__)
 
 
 class IdempotencyKey(Base):
@@ -67,7 +129,7 @@ class IdempotencyKey(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     status_code: Mapped[int | None]
     response_body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class JobStatus(enum.StrEnum):
@@ -79,6 +141,7 @@ class JobStatus(enum.StrEnum):
 
 
 _PENDING = "status IN ('queued', 'failed')"
+_TICKED = "tick_at IS NOT NULL"
 
 
 class Job(Base):
@@ -108,11 +171,24 @@ class Job(Base):
     # When the Celery relay last handed it to the broker.
     published_at: Mapped[datetime | None]
     request_id: Mapped[str | None] = mapped_column(String(100))
+    # The W3C trace context (traceparent, tracestate) of the work that enqueued it: every
+    # attempt joins that trace. None when tracing is off.
+    trace_context: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    # A periodic job's tick: unique per job name, so each tick is enqueued once in the fleet.
+    tick_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (
         Index("ix_jobs_status_run_at", "status", "run_at"),
+        Index(
+            "ux_jobs_name_tick_at",
+            "name",
+            "tick_at",
+            unique=True,
+            postgresql_where=text(_TICKED),
+            sqlite_where=text(_TICKED),
+        ),
         # Pending jobs in the order they fall due: a claim reads the next few from here
         # instead of sorting a whole backlog.
         Index(
@@ -121,6 +197,10 @@ class Job(Base):
             postgresql_where=text(_PENDING),
             sqlite_where=text(_PENDING),
         ),
+        # The list's keyset order (newest first, scanned backwards), unfiltered and filtered.
+        Index("ix_jobs_created_at_id", "created_at", "id"),
+        Index("ix_jobs_status_created_at_id", "status", "created_at", "id"),
+        Index("ix_jobs_name_created_at_id", "name", "created_at", "id"),
     )
 
 
@@ -137,3 +217,25 @@ class JobRun(Base):
     finished_at: Mapped[datetime | None]
     outcome: Mapped[str | None] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class ApiKey(Base):
+    """A personal API key: `Authorization: Bearer ak_...` acts as its owner."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(100))
+    # The start of the secret, shown in lists so the owner can tell keys apart.
+    prefix: Mapped[str] = mapped_column(String(16))
+    # SHA-256 of the secret, which is shown once and never stored.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    __table_args__ = (_live_by_creation(__tablename__),)

@@ -1,20 +1,23 @@
 """Engine and session factories.
 
-Reads run in autocommit (one round trip, no BEGIN/COMMIT); the request session that may write
-runs in a real transaction. On SQLite a writing transaction starts with BEGIN IMMEDIATE, so
-concurrent writers queue on the busy timeout instead of failing when they upgrade a read lock.
+Every session of `Database.transaction()` (each request, reads included, each job, each admin
+action) runs in a real transaction: READ COMMITTED on PostgreSQL; on SQLite it starts with
+BEGIN IMMEDIATE, so concurrent writers queue on the busy timeout instead of failing when they
+upgrade a read lock. The engine itself is in autocommit, for what runs a statement at a time
+outside any session: the bearer-token reads (db/queries.py), `Database.statement()` on
+PostgreSQL (job bookkeeping), and the admin's list and detail pages.
 """
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+import asyncpg
 from sqlalchemy import event, exc
-from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -23,21 +26,20 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
-from sqlalchemy.sql import ClauseElement, Executable, Select
-from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
 from app.core.config import Settings
-from app.core.errors import AppError
 
 # Execution option that marks a SQLite connection whose transaction will write.
 SQLITE_WRITER = "sqlite_writer"
-# Session.info key: the jobs this transaction enqueued (a list, empty when it only made jobs due
-# again); whoever runs jobs in this process hears of them as the transaction commits.
-JOBS_ENQUEUED = "jobs_enqueued"
 # A pooled connection idle for longer than this is pinged before use. One in steady use is not:
 # a ping per checkout would be a round trip on every request.
 PING_AFTER_IDLE_SECONDS = 1.0
+# How the service's connections show in pg_stat_activity: the one startup parameter that a
+# transaction-mode pooler passes on.
+APPLICATION_NAME = "accounts-service"
+# The listener tries again after a failure; meanwhile the poll finds due jobs.
+LISTEN_CONNECT_TIMEOUT_S = 5.0
 
 
 def create_engine(settings: Settings, *, wait_for_flush: bool = True) -> AsyncEngine:
@@ -49,6 +51,8 @@ def create_engine(settings: Settings, *, wait_for_flush: bool = True) -> AsyncEn
     """
     url = make_url(settings.database_url)
     pool: dict[str, Any] = {
+        # Errors and logs never show a parameter: a password hash, a token, an address.
+        "hide_parameters": True,
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
         "pool_timeout": settings.db_pool_timeout,
@@ -61,21 +65,63 @@ def create_engine(settings: Settings, *, wait_for_flush: bool = True) -> AsyncEn
         )
         _configure_sqlite(engine, busy_timeout_ms=settings.db_statement_timeout_ms or 5000)
         return engine
-    server_settings = {"application_name": "accounts-service"}
+    session_settings: dict[str, str] = {}
     if settings.db_statement_timeout_ms:
-        server_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
+        session_settings["statement_timeout"] = str(settings.db_statement_timeout_ms)
     if not wait_for_flush:
-        server_settings["synchronous_commit"] = "off"
+        session_settings["synchronous_commit"] = "off"
+    # A database that does not accept the connection in time is unavailable, not slow.
+    connect_args: dict[str, Any] = {
+        "timeout": settings.db_pool_timeout,
+        "server_settings": {"application_name": APPLICATION_NAME},
+    }
+    if settings.db_transaction_pooler:
+        connect_args |= POOLER_CONNECT_ARGS
+    else:
+        connect_args["server_settings"] |= session_settings
     engine = create_async_engine(
-        url,
-        **pool,
-        pool_recycle=1800,
-        isolation_level="AUTOCOMMIT",
-        # A database that does not accept the connection in time is unavailable, not slow.
-        connect_args={"timeout": settings.db_pool_timeout, "server_settings": server_settings},
+        url, **pool, pool_recycle=1800, isolation_level="AUTOCOMMIT", connect_args=connect_args
     )
+    if settings.db_transaction_pooler and session_settings:
+        _set_per_transaction(engine, session_settings)
     _ping_when_idle(engine, after_seconds=PING_AFTER_IDLE_SECONDS)
     return engine
+
+
+def _unnamed_statement() -> str:
+    return ""
+
+
+# Behind a transaction-mode pooler each transaction (each autocommit statement) may run on a
+# different server connection, shared with other clients. A named prepared statement stays
+# behind on its server connection: asyncpg numbers them per client, so another client's
+# `__asyncpg_stmt_1__` "already exists" there; unique names (the recipe of SQLAlchemy's docs)
+# pile up instead, and fail too, since asyncpg closes the previous statement between the new
+# one's Parse and Bind, and that Sync lets the pooler move the client to another server
+# connection, where the new one "does not exist" (tests/db/test_pgbouncer.py shows both). So
+# nothing is cached and every statement is the unnamed one, parsed and run without a Sync in
+# between (one server connection throughout) and replaced by the next. The pooler accepts
+# only `application_name` of the startup parameters; the rest is set per transaction.
+POOLER_CONNECT_ARGS: dict[str, Any] = {
+    "statement_cache_size": 0,  # asyncpg's own cache (the driver-level reads in db/queries)
+    "prepared_statement_cache_size": 0,  # SQLAlchemy's asyncpg dialect
+    "prepared_statement_name_func": _unnamed_statement,
+}
+
+
+def _set_per_transaction(engine: AsyncEngine, values: dict[str, str]) -> None:
+    """`SET LOCAL` what a direct connection sets once per session, at each transaction's start.
+
+    Statements outside a transaction (the autocommit reads and one-statement writes) take the
+    role's own settings: `ALTER ROLE ... SET statement_timeout` (see the README).
+    """
+    statements = [f"SET LOCAL {name} = {value}" for name, value in values.items()]
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        if connection.get_execution_options().get("isolation_level", "AUTOCOMMIT") != "AUTOCOMMIT":
+            for statement in statements:
+                connection.exec_driver_sql(statement)
 
 
 def _ping_when_idle(engine: AsyncEngine, *, after_seconds: float) -> None:
@@ -131,26 +177,35 @@ def transaction_options(engine: AsyncEngine) -> dict[str, Any]:
     return {"isolation_level": "READ COMMITTED"}
 
 
-class JobsListener(Protocol):
-    """Whoever runs jobs in this process: the embedded dispatcher, or the relay to Celery."""
-
-    def committing(self, session: AsyncSession, enqueued: list[Any]) -> Callable[[bool], None]:
-        """Called just before a transaction that enqueued commits. It may take jobs of
-        `enqueued` for itself, changing them before they are written; what it returns is told
-        whether the commit went through."""
-        ...
-
-
 class Database:
-    """The engine with its two session factories: transactional and autocommit reads."""
+    """The engine, the sessions every route, service and job uses, and Core connections for
+    the job bookkeeping.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    LISTEN needs a connection of its own for as long as it listens: by default one taken from
+    the engine's pool; `listen_url` connects to that URL instead (a direct one when the pool
+    goes through a transaction-mode pooler, where a LISTEN would be lost with its server
+    connection); `can_listen=False` listens nowhere, and the poll finds the jobs.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, *, listen_url: str | None = None, can_listen: bool = True
+    ) -> None:
         self.engine = engine
         writer = engine.execution_options(**transaction_options(engine))
         self.sessionmaker = async_sessionmaker(writer, expire_on_commit=False)
-        self.read_sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
-        self.jobs_listener: JobsListener | None = None
-        self._driver_sql: dict[Executable, DriverSQL] = {}
+        self.listen_url = listen_url
+        self.can_listen = can_listen and self.is_postgresql
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, wait_for_flush: bool = True) -> "Database":
+        """The database of DATABASE_URL, listening where DATABASE_LISTEN_URL and
+        DB_TRANSACTION_POOLER say."""
+        engine = create_engine(settings, wait_for_flush=wait_for_flush)
+        return cls(
+            engine,
+            listen_url=settings.database_listen_url or None,
+            can_listen=bool(settings.database_listen_url) or not settings.db_transaction_pooler,
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -158,80 +213,66 @@ class Database:
         async with self.sessionmaker() as session:
             try:
                 yield session
-            except AppError as exc:
-                await (self._commit(session) if exc.keeps_changes else session.rollback())
-                raise
             except BaseException:
                 await session.rollback()
                 raise
-            await self._commit(session)
-
-    async def _commit(self, session: AsyncSession) -> None:
-        enqueued = session.info.pop(JOBS_ENQUEUED, None)
-        if enqueued is None or self.jobs_listener is None:
             await session.commit()
-            return
-        committed = self.jobs_listener.committing(session, enqueued)
-        try:
-            await session.commit()
-        except BaseException:
-            committed(False)
-            raise
-        committed(True)
 
     @asynccontextmanager
-    async def statement(self) -> AsyncIterator["AsyncConnection | DriverConnection"]:
-        """A connection, without an ORM session, for writes that are each one statement.
+    async def statement(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection, without an ORM session, for writes that are each one statement.
 
-        PostgreSQL runs a single statement atomically by itself, so they run in autocommit on
-        the driver: one round trip each instead of BEGIN, the statement and COMMIT, and none
-        of SQLAlchemy's execution layer. Elsewhere the block is one transaction.
+        PostgreSQL runs a single statement atomically by itself, so they run in autocommit:
+        one round trip each instead of BEGIN, the statement and COMMIT. Elsewhere the block is
+        one transaction.
         """
-        if self.is_postgresql:
-            async with self._driver() as driver:
-                yield driver
-            return
         async with self.engine.connect() as connection:
+            if self.is_postgresql:
+                yield connection
+                return
             writer = await connection.execution_options(**transaction_options(self.engine))
             async with writer.begin():
                 yield writer
-
-    async def fetch_one(self, statement: Select[Any], **params: Any) -> Mapping[str, Any] | None:
-        """The first row of a read, in one autocommit round trip.
-
-        For the hottest reads (the user behind every access token). On PostgreSQL it runs on
-        the driver (see DriverConnection): about a third of the CPU of a small request.
-        """
-        if not self.is_postgresql:
-            async with self.engine.connect() as conn:
-                found: Mapping[str, Any] | None
-                found = (await conn.execute(statement, params)).mappings().first()
-                return found
-        async with self._driver() as connection:
-            rows = await connection.execute(statement, params)
-        return rows[0] if rows else None
 
     @asynccontextmanager
     async def listen(
         self, channel: str, notified: Callable[[], None]
     ) -> AsyncIterator["asyncio.Future[None]"]:
         """PostgreSQL: call `notified` on every NOTIFY on `channel`, heard on a connection of
-        its own (taken out of the pool, which opens another in its place). Yields a future
-        that is done when that connection is lost."""
+        its own (see the class). Yields a future that is done when that connection is lost."""
+        if not self.can_listen:
+            raise RuntimeError("this database listens nowhere (DB_TRANSACTION_POOLER)")
+        async with self._listening_connection() as driver:
+            lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def on_lost(_: Any) -> None:
+                if not lost.done():
+                    lost.set_result(None)
+
+            driver.add_termination_listener(on_lost)
+            await driver.add_listener(channel, lambda *_: notified())
+            yield lost
+
+    @asynccontextmanager
+    async def _listening_connection(self) -> AsyncIterator[Any]:
+        if self.listen_url is not None:
+            dsn = make_url(self.listen_url).set(drivername="postgresql")
+            direct = await asyncpg.connect(
+                dsn.render_as_string(hide_password=False),
+                timeout=LISTEN_CONNECT_TIMEOUT_S,
+                server_settings={"application_name": APPLICATION_NAME},
+            )
+            try:
+                yield direct
+            finally:
+                await direct.close(timeout=5)
+            return
         pooled = await self.engine.raw_connection()
         driver = pooled.driver_connection
         assert driver is not None
         pooled.detach()  # it never goes back to the pool: closing it closes it
-        lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def on_lost(_: Any) -> None:
-            if not lost.done():
-                lost.set_result(None)
-
-        driver.add_termination_listener(on_lost)
         try:
-            await driver.add_listener(channel, lambda *_: notified())
-            yield lost
+            yield driver
         finally:
             await greenlet_spawn(pooled.close)
 
@@ -239,88 +280,5 @@ class Database:
     def is_postgresql(self) -> bool:
         return self.engine.dialect.name == "postgresql"
 
-    @asynccontextmanager
-    async def _driver(self) -> AsyncIterator["DriverConnection"]:
-        pooled = await self.engine.raw_connection()
-        driver = pooled.driver_connection
-        assert driver is not None
-        try:
-            yield DriverConnection(driver, self.engine.dialect, self._driver_sql)
-        except Exception as error:
-            if not driver.is_closed():
-                raise
-            # Lost mid-query: asyncpg may report it as a protocol state error rather than a
-            # connection error. Either way the database went away: unavailable, a 503.
-            pooled.invalidate(error)  # not back into the pool
-            raise ConnectionError("the database connection was lost") from error
-        finally:
-            await greenlet_spawn(pooled.close)
-
     async def dispose(self) -> None:
         await self.engine.dispose()
-
-
-@dataclass(frozen=True)
-class DriverSQL:
-    """A Core statement compiled once for the driver: its SQL, and where each positional
-    argument comes from (a parameter of the caller's, through its type's bind processor, or
-    a value the statement carries itself, processed once)."""
-
-    sql: str
-    arguments: tuple[tuple[str | None, Callable[[Any], Any] | None, Any], ...]
-
-    @classmethod
-    def compile(cls, statement: Executable, dialect: Dialect) -> "DriverSQL":
-        assert isinstance(statement, ClauseElement)
-        compiled = statement.compile(dialect=dialect)
-        assert isinstance(compiled, SQLCompiler)
-        asked = {name for name, bind in compiled.binds.items() if bind.required}
-        if any(compiled.binds[name].expanding for name in asked):
-            raise TypeError("a statement run on the driver takes no IN list from the caller")
-        # Expands the IN lists of constants into positional parameters of their own.
-        expanded = compiled.construct_expanded_state(dict.fromkeys(asked))
-        arguments: list[tuple[str | None, Callable[[Any], Any] | None, Any]] = []
-        for name in expanded.positiontup or ():
-            # The expanded state knows the processors of the IN lists' values only.
-            process = expanded.processors.get(name)
-            if name in compiled.binds:
-                process = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
-            if name in asked:
-                arguments.append((name, process, None))
-            else:
-                value = expanded.parameters[name]
-                arguments.append((None, None, process(value) if process else value))
-        return cls(expanded.statement, tuple(arguments))
-
-    def bind(self, params: Mapping[str, Any]) -> list[Any]:
-        return [
-            constant if name is None else process(params[name]) if process else params[name]
-            for name, process, constant in self.arguments
-        ]
-
-
-class DriverConnection:
-    """A pooled asyncpg connection running Core statements without SQLAlchemy's execution layer.
-
-    For the statements on the hottest paths: the user behind an access token, the claims and
-    outcomes of jobs. Each statement is compiled once and is its own transaction (autocommit).
-    Rows come back as asyncpg records, decoded by the driver: JSON by the codec SQLAlchemy
-    installs on each connection; no result processors run.
-    """
-
-    def __init__(self, driver: Any, dialect: Dialect, cache: dict[Executable, DriverSQL]) -> None:
-        self.driver = driver
-        self.dialect = dialect
-        self._cache = cache
-
-    async def execute(
-        self, statement: Executable, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]
-    ) -> list[Any]:
-        """The rows of one statement; a list of parameter sets runs it for each (no rows)."""
-        if (sql := self._cache.get(statement)) is None:
-            sql = self._cache[statement] = DriverSQL.compile(statement, self.dialect)
-        if isinstance(params, Mapping):
-            rows: list[Any] = await self.driver.fetch(sql.sql, *sql.bind(params))
-            return rows
-        await self.driver.executemany(sql.sql, [sql.bind(p) for p in params])
-        return []

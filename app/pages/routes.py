@@ -7,7 +7,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from app.core.errors import AppError
-from app.dependencies import SessionDep, SettingsDep
+from app.dependencies import ResetAttempt, SessionDep, SettingsDep, VerifyAttempt
 from app.schemas.auth import ResetPasswordRequest
 from app.services import auth, users
 
@@ -33,21 +33,28 @@ def _page(request: Request, template: str, status_code: int = 200, **values: Any
     )
 
 
+def _refusal(request: Request, title: str, exc: AppError) -> HTMLResponse:
+    """An AppError as a page, with its headers (a 429's Retry-After)."""
+    response = _page(
+        request, "message.html", exc.status_code, title=title, message=exc.message, error=True
+    )
+    response.headers.update(exc.response_headers or {})
+    return response
+
+
 @router.get("/verify-email", response_class=HTMLResponse)
 async def verify_email(
-    request: Request, session: SessionDep, settings: SettingsDep, token: Token = ""
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    attempt: VerifyAttempt,
+    token: Token = "",
 ) -> HTMLResponse:
     try:
-        user = await users.verify_email(session, token=token, secret=settings.signing_key)
+        async with attempt(token):  # the API's verify limits: a failure counts, 429 refuses
+            user = await users.verify_email(session, token=token, secret=settings.signing_key)
     except AppError as exc:
-        return _page(
-            request,
-            "message.html",
-            exc.status_code,
-            title="Email not confirmed",
-            message=exc.message,
-            error=True,
-        )
+        return _refusal(request, "Email not confirmed", exc)
     return _page(
         request,
         "message.html",
@@ -66,6 +73,7 @@ async def reset_password(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
+    attempt: ResetAttempt,
     token: Annotated[str, Form(max_length=512)] = "",
     password: Annotated[str, Form(max_length=1024)] = "",
 ) -> HTMLResponse:
@@ -81,18 +89,12 @@ async def reset_password(
             error="The password needs 8 to 128 characters.",
         )
     try:
-        await auth.reset_password(
-            session, token=data.token, password=data.password, secret=settings.signing_key
-        )
+        async with attempt(data.token):  # the API's reset limits, checked before any Argon2
+            await auth.reset_password(
+                session, token=data.token, password=data.password, secret=settings.signing_key
+            )
     except AppError as exc:
-        return _page(
-            request,
-            "message.html",
-            exc.status_code,
-            title="Password not changed",
-            message=exc.message,
-            error=True,
-        )
+        return _refusal(request, "Password not changed", exc)
     return _page(
         request,
         "message.html",

@@ -37,3 +37,9 @@ class ResetPasswordRequest(BaseModel):
 
     token: OpaqueToken
     password: Password
+
+
+class ResetRequested(BaseModel):
+    """The same answer whether or not the email has an account, so it reveals nothing."""
+
+    detail: str = "If an account has this email, a reset link is on its way"

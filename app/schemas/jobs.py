@@ -18,8 +18,3 @@ class JobRead(BaseModel):
     run_at: datetime
     created_at: datetime
     updated_at: datetime
-
-
-class JobPage(BaseModel):
-    items: list[JobRead]
-    total: int

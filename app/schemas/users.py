@@ -45,8 +45,3 @@ class UserRead(BaseModel):
     is_active: bool
     is_verified: bool
     created_at: datetime
-
-
-class UserPage(BaseModel):
-    items: list[UserRead]
-    total: int

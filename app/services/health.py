@@ -5,10 +5,20 @@ import asyncio
 from kombu import Connection
 
 from app.core.config import Settings
+from app.core.single_flight import SingleFlight
 from app.db.session import Database
 from app.services import startup
 
 CHECK_TIMEOUT_S = 2.0
+# Probes are unauthenticated: concurrent ones share one check, and its result answers for this
+# long, so no rate of probing makes more than one check a second.
+SHARED_FOR_S = 1.0
+
+
+def shared_readiness(
+    db: Database, settings: Settings, *, head: str | None
+) -> SingleFlight[dict[str, str]]:
+    return SingleFlight(lambda: check_readiness(db, settings, head=head), max_age=SHARED_FOR_S)
 
 
 async def check_readiness(db: Database, settings: Settings, *, head: str | None) -> dict[str, str]:

@@ -1,461 +1,239 @@
-"""Claiming, running and settling jobs: the code every backend shares.
+"""Running one claimed job: its definition, its resources, and the retry policy.
 
-A claim is one UPDATE ... RETURNING over due rows picked with FOR UPDATE SKIP LOCKED, so
-several processes on one PostgreSQL never take the same job; SQLite serialises writers, which
-gives the same guarantee. A claim takes a lease; a job whose lease ran out (its process died) is
-due again. Every attempt is recorded in job_runs.
+A job asks for resources by type in its signature (see job_registry). The runner gives each
+one from what the process provides: the settings, the database, the mailer (and whatever else
+is passed in), a JobInfo of its own, and, for `AsyncSession`, a transaction of its own that
+commits when the job returns and rolls back when it raises, as a request's does.
+
+How an attempt ends: success; a permanent error (the job's `permanent_errors`, a bad payload
+by default) makes it dead at once; any other error is retried with exponential backoff until
+its attempts run out. A job name this process does not know goes back to the queue, due again
+after about JOB_RETRY_MAX_SECONDS, its attempt not counted: mid rolling deploy a newer worker
+knows it, however long the deploy takes, so that never makes it dead.
 """
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, cast
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    Integer,
-    Table,
-    and_,
-    bindparam,
-    case,
-    exists,
-    func,
-    insert,
-    or_,
-    select,
-    update,
-)
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.sql import Executable, Select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core import metrics
+from app.core import metrics, spans
 from app.core.config import Settings
 from app.db.base import utcnow
-from app.db.models import Job, JobRun, JobStatus
-from app.db.session import Database, DriverConnection
-from app.services.jobs import registry
+from app.db.errors import is_unavailable, retry_delay
+from app.db.models import JobStatus
+from app.db.session import Database
+from app.services import job_store
+from app.services.job_registry import JobDefinition, JobInfo, Registry, load_jobs
+from app.services.job_statements import UNKNOWN_NAME_ERROR
+from app.services.job_store import ClaimedJob, Outcome
 from app.services.mailer import Mailer
 
 logger = logging.getLogger(__name__)
 
-# The tables, not the mapped classes: claims and outcomes are plain bulk statements, and
-# going through the ORM's bulk machinery cost more CPU than the statements themselves.
-jobs = cast(Table, Job.__table__)
-job_runs = cast(Table, JobRun.__table__)
+
+def process_resources(settings: Settings) -> list[object]:
+    """The shared resources jobs may ask for, besides the settings and the database. One with
+    an async `close()` is closed with the runner. A new one (an HTTP client) goes here."""
+    return [Mailer(settings)]
 
 
-@dataclass(frozen=True)
-class JobContext:
-    """What a running job gets besides its payload."""
+class JobRunner:
+    """Runs claimed jobs with the resources of this process."""
 
-    job_id: uuid.UUID
-    attempt: int
-    request_id: str | None
-    db: Database
-    settings: Settings
-    mailer: Mailer
+    def __init__(
+        self, db: Database, settings: Settings, resources: Sequence[object] | None = None
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.registry: Registry = load_jobs()
+        shared = process_resources(settings) if resources is None else list(resources)
+        self._closable = shared
+        self.resources: dict[type, object] = {Settings: settings, Database: db}
+        self.resources.update((type(resource), resource) for resource in shared)
+        for definition in self.registry.definitions.values():
+            self.check(definition)
 
+    def check(self, definition: JobDefinition[Any]) -> None:
+        """Refuse, at start, a job that asks for a resource this process does not provide."""
+        missing = [
+            kind.__name__
+            for kind in definition.resources.values()
+            if kind not in self.resources and kind not in (JobInfo, AsyncSession)
+        ]
+        if missing:
+            raise TypeError(f"job {definition.name} asks for {missing}: nothing provides them")
 
-@dataclass(frozen=True)
-class ClaimedJob:
-    id: uuid.UUID
-    name: str
-    payload: dict[str, Any]
-    attempts: int
-    max_attempts: int
-    request_id: str | None
+    async def run(self, job: ClaimedJob) -> Outcome:
+        """Run one claimed job and say how it ended. Never raises but for cancellation.
 
+        Traced as a span of the trace that enqueued the job (spans.job_attempt)."""
+        with spans.job_attempt(
+            job.name,
+            job_id=job.id,
+            attempt=job.attempts,
+            max_attempts=job.max_attempts,
+            trace_context=job.trace_context,
+        ) as finish:
+            outcome = await self._attempt(job)
+            finish(outcome.status.value, outcome.error and outcome.error.partition(":")[0])
+        return outcome
 
-# Claims and outcomes run on Database.statement() (the asyncpg driver in autocommit on
-# PostgreSQL, one transaction on SQLite), or in the caller's ORM session.
-Executor = AsyncSession | AsyncConnection | DriverConnection
-
-# `now` is a value, or a bind parameter in the statements built once below.
-Moment = datetime | ColumnElement[datetime]
-
-
-def _status_in(*statuses: JobStatus) -> ColumnElement[bool]:
-    """The statuses are written into the SQL, not bound: only then can the generic plan that
-    PostgreSQL caches for a prepared statement use the partial index of pending jobs, or an
-    index by status, instead of scanning the whole table, every finished job included."""
-    values = bindparam(
-        "status",
-        list(statuses),
-        type_=jobs.c.status.type,
-        unique=True,
-        expanding=True,
-        literal_execute=True,
-    )
-    return jobs.c.status.in_(values)
-
-
-def pending(now: Moment) -> ColumnElement[bool]:
-    """Queued or failed, and its time has come (ix_jobs_pending_run_at)."""
-    return and_(_status_in(JobStatus.QUEUED, JobStatus.FAILED), jobs.c.run_at <= now)
-
-
-def abandoned(now: Moment) -> ColumnElement[bool]:
-    """Running, but the lease ran out: its process died."""
-    return and_(_status_in(JobStatus.RUNNING), jobs.c.locked_until < now)
-
-
-def due(now: Moment) -> ColumnElement[bool]:
-    return and_(or_(pending(now), abandoned(now)), jobs.c.attempts < jobs.c.max_attempts)
-
-
-# Bind parameters of the statements built once, here and in the relay.
-NOW = bindparam("b_now", type_=jobs.c.run_at.type)
-LIMIT = bindparam("b_limit", type_=Integer)
-# Abandoned last attempts count too: they are to be buried.
-_HAS_WORK = select(exists().where(or_(pending(NOW), abandoned(NOW))))
-
-
-async def has_work(db: Database) -> bool:
-    """A cheap autocommit check, so an idle poll never takes a write lock."""
-    async with db.read_sessionmaker() as session:
-        return bool(await session.scalar(_HAS_WORK, {"b_now": utcnow()}))
-
-
-async def claim(
-    db: Database, *, worker: str, limit: int, lease: timedelta, job_id: uuid.UUID | None = None
-) -> list[ClaimedJob]:
-    """Take up to `limit` due jobs (or the one given) for `worker`, each with a lease."""
-    async with db.statement() as connection:
-        return await claim_due(
-            connection,
-            worker=worker,
-            limit=limit,
-            lease=lease,
-            job_id=job_id,
-            include_abandoned=True,
-        )
-
-
-def _claim_statement(candidates: Select[Any], *, with_runs: bool) -> Executable:
-    worker = bindparam("b_worker", type_=jobs.c.locked_by.type)
-    take = (
-        update(jobs)
-        .where(jobs.c.id.in_(candidates.with_for_update(skip_locked=True).scalar_subquery()))
-        .values(
-            status=JobStatus.RUNNING,
-            attempts=jobs.c.attempts + 1,
-            locked_by=worker,
-            locked_until=bindparam("b_locked_until", type_=jobs.c.locked_until.type),
-            updated_at=NOW,
-        )
-        .returning(
-            jobs.c.id,
-            jobs.c.name,
-            jobs.c.payload,
-            jobs.c.attempts,
-            jobs.c.max_attempts,
-            jobs.c.request_id,
-        )
-    )
-    if not with_runs:
-        return take
-    # PostgreSQL: one statement, so one round trip; the runs are inserted by a CTE of the claim.
-    claimed = take.cte("claimed")
-    runs = insert(job_runs).from_select(
-        ["id", "job_id", "attempt", "worker", "started_at"],
-        select(func.gen_random_uuid(), claimed.c.id, claimed.c.attempts, worker, NOW),
-    )
-    return select(claimed).add_cte(runs.cte("runs"))
-
-
-_RETRIES_LEFT = jobs.c.attempts < jobs.c.max_attempts
-# What a claim picks from, each served by an index: the next pending jobs in the order they
-# fall due (ix_jobs_pending_run_at, read only as far as the limit, however long the backlog);
-# jobs whose lease ran out; or one job by id (a Celery delivery).
-_CANDIDATES = {
-    "pending": select(jobs.c.id)
-    .where(pending(NOW), _RETRIES_LEFT)
-    .order_by(jobs.c.run_at)
-    .limit(LIMIT),
-    "abandoned": select(jobs.c.id).where(abandoned(NOW), _RETRIES_LEFT).limit(LIMIT),
-    "one": select(jobs.c.id)
-    .where(due(NOW), jobs.c.id == bindparam("b_job_id", type_=jobs.c.id.type))
-    .limit(LIMIT),
-}
-# Built once per variant: building a statement this size costs more CPU than running it.
-_CLAIM = {
-    (kind, with_runs): _claim_statement(candidates, with_runs=with_runs)
-    for kind, candidates in _CANDIDATES.items()
-    for with_runs in (False, True)
-}
-
-
-async def claim_due(
-    session: Executor,
-    *,
-    worker: str,
-    limit: int,
-    lease: timedelta,
-    job_id: uuid.UUID | None = None,
-    include_abandoned: bool = False,
-) -> list[ClaimedJob]:
-    """claim() in the caller's transaction; with `include_abandoned`, jobs whose lease ran out
-    come first."""
-    if job_id is not None:
-        return await _claim(session, "one", worker=worker, limit=1, lease=lease, job_id=job_id)
-    claimed = []
-    if include_abandoned:
-        claimed = await _claim(session, "abandoned", worker=worker, limit=limit, lease=lease)
-    if len(claimed) < limit:
-        claimed += await _claim(
-            session, "pending", worker=worker, limit=limit - len(claimed), lease=lease
-        )
-    return claimed
-
-
-async def _claim(
-    session: Executor,
-    kind: str,
-    *,
-    worker: str,
-    limit: int,
-    lease: timedelta,
-    job_id: uuid.UUID | None = None,
-) -> list[ClaimedJob]:
-    now = utcnow()
-    params = {"b_now": now, "b_limit": limit, "b_worker": worker, "b_locked_until": now + lease}
-    if job_id is not None:
-        params["b_job_id"] = job_id
-    postgresql = _is_postgresql(session)
-    rows = await session.execute(_CLAIM[kind, postgresql], params)
-    claimed = [ClaimedJob(*row) for row in rows]
-    if claimed and not postgresql:
-        await session.execute(
-            insert(job_runs),
-            [
-                {"job_id": job.id, "attempt": job.attempts, "worker": worker, "started_at": now}
-                for job in claimed
-            ],
-        )
-    return claimed
-
-
-def claim_enqueued(
-    session: AsyncSession, job: Job, *, worker: str, lease: timedelta, now: datetime
-) -> ClaimedJob:
-    """Claim a job that its own transaction is about to commit: it is written as running, with
-    its lease and its first run, so no claim statement has to find it afterwards."""
-    job.status = JobStatus.RUNNING
-    job.attempts = 1
-    job.locked_by = worker
-    job.locked_until = now + lease
-    job.run_at = job.updated_at = now
-    session.add(JobRun(job_id=job.id, attempt=1, worker=worker, started_at=now))
-    return ClaimedJob(job.id, job.name, job.payload, 1, job.max_attempts, job.request_id)
-
-
-def _is_postgresql(executor: Executor) -> bool:
-    bind = executor.get_bind() if isinstance(executor, AsyncSession) else executor
-    return bind.dialect.name == "postgresql"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How an attempt ended, to be recorded on the job row and its run."""
-
-    job: ClaimedJob
-    status: JobStatus
-    finished_at: datetime
-    error: str | None = None
-    retry_in: timedelta | None = None
-
-
-async def execute(
-    job: ClaimedJob, *, worker: str, db: Database, settings: Settings, mailer: Mailer
-) -> None:
-    """Run one claimed job and record how it ended."""
-    outcome = await run(job, db=db, settings=settings, mailer=mailer)
-    async with db.statement() as connection:
-        await record(connection, [outcome], worker=worker)
-
-
-async def run(job: ClaimedJob, *, db: Database, settings: Settings, mailer: Mailer) -> Outcome:
-    """Run one claimed job and say how it ended. Never raises but for cancellation."""
-    definition = registry.get(job.name)
-    ctx = JobContext(job.id, job.attempts, job.request_id, db, settings, mailer)
-    # The request id ties the job's log lines to the request that enqueued it.
-    label = f"{job.name} {job.id} attempt {job.attempts} [request {job.request_id or '-'}]"
-    started = time.perf_counter()
-    try:
+    async def _attempt(self, job: ClaimedJob) -> Outcome:
+        definition = self.registry.get(job.name)
+        # The request id ties the job's log lines to the request that enqueued it.
+        label = f"{job.name} {job.id} attempt {job.attempts} [request {job.request_id or '-'}]"
         if definition is None:
-            raise LookupError(f"no job named {job.name!r} is registered")
-        # Finish well inside the lease, or another process would take the job over.
-        async with asyncio.timeout(settings.job_lease_seconds / 2):
-            await definition.run(ctx, **job.payload)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
+            return self._unknown(job, label)
+        started = time.perf_counter()
+        try:
+            # Finish well inside the lease, or another process would take the job over.
+            async with asyncio.timeout(self.settings.job_lease_seconds / 2):
+                await self._call(definition, job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._failed(job, definition, exc, label, started)
+        logger.info("job %s succeeded", label)
+        metrics.JOB_SECONDS.labels(job.name, "succeeded").observe(time.perf_counter() - started)
+        return Outcome(job, JobStatus.SUCCEEDED, utcnow())
+
+    async def _call(self, definition: JobDefinition[Any], job: ClaimedJob) -> None:
+        payload = definition.payload_type.model_validate(job.payload)
+        wanted = definition.resources
+        if not wanted:
+            await definition.run(payload)
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            given: dict[str, object] = {}
+            for name, kind in wanted.items():
+                if kind is JobInfo:
+                    given[name] = JobInfo(job.id, job.name, job.attempts, job.request_id)
+                elif kind is AsyncSession:
+                    given[name] = await stack.enter_async_context(self.db.transaction())
+                else:
+                    given[name] = self.resources[kind]
+            await definition.run(payload, **given)
+
+    def _unknown(self, job: ClaimedJob, label: str) -> Outcome:
+        """Back to the queue, the attempt given back: nothing ran, and a newer process knows
+        the job. Operators see it queued with this error (and in the log, once a try)."""
+        retry_in = _jittered(self.settings.job_retry_max_seconds)
+        logger.warning(
+            "job %s: no job named %r in this process; back in the queue, again in %.0f s",
+            label,
+            job.name,
+            retry_in.total_seconds(),
+        )
+        error = f"{UNKNOWN_NAME_ERROR} no job named {job.name!r} here; a newer worker may know it"
+        return Outcome(job, JobStatus.QUEUED, utcnow(), error, retry_in, counted=False)
+
+    def _failed(
+        self,
+        job: ClaimedJob,
+        definition: JobDefinition[Any],
+        exc: Exception,
+        label: str,
+        started: float,
+    ) -> Outcome:
         error = f"{type(exc).__name__}: {exc}"[:2000]
-        dead = job.attempts >= job.max_attempts or definition is None
-        logger.warning("job %s failed%s: %s", label, " for good" if dead else "", error)
+        permanent = isinstance(exc, definition.permanent_errors)
+        dead = permanent or job.attempts >= job.max_attempts
         status = JobStatus.DEAD if dead else JobStatus.FAILED
         metrics.JOB_SECONDS.labels(job.name, status.value).observe(time.perf_counter() - started)
         if dead:
+            logger.warning("job %s failed for good: %s", label, error)
             return Outcome(job, status, utcnow(), error)
+        retry_in = backoff(job.attempts, self.settings)
+        logger.warning("job %s failed, again in %.0f s: %s", label, retry_in.total_seconds(), error)
         metrics.JOB_RETRIES.labels(job.name).inc()
-        return Outcome(job, status, utcnow(), error, backoff(job.attempts, settings))
-    logger.info("job %s succeeded", label)
-    metrics.JOB_SECONDS.labels(job.name, "succeeded").observe(time.perf_counter() - started)
-    return Outcome(job, JobStatus.SUCCEEDED, utcnow())
+        return Outcome(job, status, utcnow(), error, retry_in)
+
+    async def execute(self, job: ClaimedJob, *, worker: str) -> None:
+        """Run one claimed job and record how it ended."""
+        until = time.monotonic() + self.settings.job_lease_seconds
+        outcome = await self.run(job)
+        await self.record([outcome], worker=worker, until=until)
+
+    async def record(self, outcomes: list[Outcome], *, worker: str, until: float) -> None:
+        """Record outcomes; while the database is unavailable, again with a capped backoff
+        until `until` (time.monotonic(): the lease's end). Only this process knows them: given
+        up, the jobs run again once their leases run out."""
+        failures = 0
+        while True:
+            try:
+                async with self.db.statement() as connection:
+                    await job_store.record(connection, outcomes, worker=worker)
+                return
+            except Exception as exc:
+                failures += 1
+                delay = retry_delay(failures)
+                if not is_unavailable(exc) or time.monotonic() + delay > until:
+                    raise
+                logger.warning(
+                    "could not record %d job outcome(s), again in %.1f s: %r",
+                    len(outcomes),
+                    delay,
+                    exc,
+                )
+            await asyncio.sleep(delay)
+
+    async def run_one(self, job_id: uuid.UUID, *, worker: str) -> bool:
+        """Claim and run one job by id (a Celery delivery); False when it is not ours to run.
+
+        A duplicate delivery, or one for a job that is running elsewhere or already done, finds
+        nothing to claim and does nothing.
+        """
+        lease = timedelta(seconds=self.settings.job_lease_seconds)
+        if not self.db.is_postgresql:
+            # Claim and outcome are writing transactions, never held while the job runs: on
+            # SQLite that would lock out every other writer.
+            claimed = await job_store.claim(
+                self.db, worker=worker, limit=1, lease=lease, job_id=job_id
+            )
+            for job in claimed:
+                await self.execute(job, worker=worker)
+            return bool(claimed)
+        # One autocommit connection for both, idle while the job runs: a pool checkout less.
+        # A claim that meets an unavailable database raises: the delivery is tried again.
+        async with self.db.statement() as connection:
+            claimed = await job_store.claim_due(
+                connection, worker=worker, limit=1, lease=lease, job_id=job_id
+            )
+            if not claimed:
+                return False
+            until = time.monotonic() + lease.total_seconds()
+            outcomes = [await self.run(job) for job in claimed]
+            try:
+                await job_store.record(connection, outcomes, worker=worker)
+                return True
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+        # The database went away while the job ran: record on a new connection once it is back.
+        await self.record(outcomes, worker=worker, until=until)
+        return True
+
+    async def close(self) -> None:
+        for resource in self._closable:
+            close = getattr(resource, "close", None)
+            if close is not None:
+                await close()
 
 
 def backoff(attempt: int, settings: Settings) -> timedelta:
     """Exponential backoff with jitter, so retries of many failed jobs do not arrive together."""
-    ceiling = min(
-        settings.job_retry_base_seconds * 2 ** (attempt - 1), settings.job_retry_max_seconds
+    return _jittered(
+        min(settings.job_retry_base_seconds * 2 ** (attempt - 1), settings.job_retry_max_seconds)
     )
+
+
+def _jittered(ceiling: float) -> timedelta:
     return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
-
-
-# Outcomes are written in bulk: one executemany per table, whatever the number of jobs.
-_error = bindparam("b_error", type_=jobs.c.last_error.type)
-_retry_at = bindparam("b_run_at", type_=jobs.c.run_at.type)
-_SETTLE = (
-    update(jobs)
-    .where(
-        jobs.c.id == bindparam("b_job_id"),
-        jobs.c.locked_by == bindparam("b_worker"),
-        jobs.c.status == JobStatus.RUNNING,
-    )
-    .values(
-        status=bindparam("b_status", type_=jobs.c.status.type),
-        locked_by=None,
-        locked_until=None,
-        updated_at=bindparam("b_now", type_=jobs.c.updated_at.type),
-        last_error=func.coalesce(_error, jobs.c.last_error),
-        # A retry falls due later and must be published again; other outcomes keep both.
-        run_at=func.coalesce(_retry_at, jobs.c.run_at),
-        published_at=case((_retry_at.is_(None), jobs.c.published_at), else_=None),
-    )
-)
-_FINISH_RUN = (
-    update(job_runs)
-    .where(
-        job_runs.c.job_id == bindparam("b_job_id"),
-        job_runs.c.attempt == bindparam("b_attempt"),
-        job_runs.c.worker == bindparam("b_worker"),
-    )
-    .values(
-        finished_at=bindparam("b_now", type_=job_runs.c.finished_at.type),
-        outcome=bindparam("b_outcome", type_=job_runs.c.outcome.type),
-        error=_error,
-    )
-)
-# PostgreSQL runs both updates as one statement (a data-modifying CTE).
-_SETTLE_AND_FINISH_RUN = _FINISH_RUN.add_cte(_SETTLE.cte("settled"))
-
-
-async def record(session: Executor, outcomes: list[Outcome], *, worker: str) -> None:
-    """Write outcomes in the caller's transaction, unless a lease was lost to another worker."""
-    if not outcomes:
-        return
-    params = [
-        {
-            "b_job_id": outcome.job.id,
-            "b_attempt": outcome.job.attempts,
-            "b_worker": worker,
-            "b_status": outcome.status,
-            "b_outcome": outcome.status.value,
-            "b_now": outcome.finished_at,
-            "b_error": outcome.error,
-            "b_run_at": (
-                outcome.finished_at + outcome.retry_in if outcome.retry_in is not None else None
-            ),
-        }
-        for outcome in outcomes
-    ]
-    if _is_postgresql(session):
-        # One outcome (a Celery delivery, a quiet dispatcher): a plain execution, cheaper
-        # than the executemany machinery.
-        await session.execute(_SETTLE_AND_FINISH_RUN, params if len(params) > 1 else params[0])
-        return
-    await session.execute(_SETTLE, params)
-    await session.execute(_FINISH_RUN, params)
-
-
-async def release(db: Database, job: ClaimedJob, *, worker: str) -> None:
-    """Hand an interrupted job back to the queue; the attempt it did not finish is not counted."""
-    now = utcnow()
-    async with db.transaction() as session:
-        await session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.locked_by == worker, Job.status == JobStatus.RUNNING)
-            .values(
-                status=JobStatus.QUEUED,
-                attempts=Job.attempts - 1,
-                locked_by=None,
-                locked_until=None,
-                published_at=None,
-                updated_at=now,
-            )
-        )
-        await _finish_run(session, job, worker=worker, outcome="interrupted", error=None, now=now)
-
-
-async def _finish_run(
-    session: AsyncSession,
-    job: ClaimedJob,
-    *,
-    worker: str,
-    outcome: str,
-    error: str | None,
-    now: datetime,
-) -> None:
-    await session.execute(
-        update(JobRun)
-        .where(JobRun.job_id == job.id, JobRun.attempt == job.attempts, JobRun.worker == worker)
-        .values(finished_at=now, outcome=outcome, error=error)
-    )
-
-
-_BURY_ABANDONED = (
-    update(jobs)
-    .where(abandoned(NOW), jobs.c.attempts >= jobs.c.max_attempts)
-    .values(
-        status=JobStatus.DEAD,
-        last_error="the worker running the last attempt stopped answering",
-        locked_by=None,
-        locked_until=None,
-        updated_at=NOW,
-    )
-)
-
-
-async def bury_abandoned(db: Database) -> None:
-    """Jobs whose last allowed attempt lost its lease (the process died) are dead."""
-    async with db.transaction() as session:
-        await session.execute(_BURY_ABANDONED, {"b_now": utcnow()})
-
-
-async def run_one(
-    job_id: uuid.UUID, *, worker: str, db: Database, settings: Settings, mailer: Mailer
-) -> bool:
-    """Claim and run one job by id (a Celery delivery); False when it is not ours to run.
-
-    A duplicate delivery, or one for a job that is running elsewhere or already done, finds
-    nothing to claim and does nothing.
-    """
-    lease = timedelta(seconds=settings.job_lease_seconds)
-    if not db.is_postgresql:
-        # Claim and outcome are writing transactions, never held while the job runs: on
-        # SQLite that would lock out every other writer.
-        claimed = await claim(db, worker=worker, limit=1, lease=lease, job_id=job_id)
-        for job in claimed:
-            await execute(job, worker=worker, db=db, settings=settings, mailer=mailer)
-        return bool(claimed)
-    # One autocommit connection for both, idle while the job runs: a pool checkout less.
-    async with db.statement() as connection:
-        claimed = await claim_due(connection, worker=worker, limit=1, lease=lease, job_id=job_id)
-        for job in claimed:
-            outcome = await run(job, db=db, settings=settings, mailer=mailer)
-            await record(connection, [outcome], worker=worker)
-    return bool(claimed)

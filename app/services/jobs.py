@@ -1,27 +1,28 @@
-"""Durable jobs: definitions, enqueueing in the caller's transaction, and operator actions.
+"""Durable jobs: enqueueing in the caller's transaction, and operator actions.
 
-A job names a registered function and carries ids, never objects. Enqueueing is an INSERT in
-the caller's session: a rolled-back transaction enqueues nothing, a committed one cannot lose
-its job. Database.transaction() tells whoever runs jobs in this process as such a transaction
-commits: the embedded dispatcher takes the jobs it can start at once (see Dispatcher.committing).
+A job names a declared function (see job_registry) and carries ids, never objects. Enqueueing
+is an INSERT in the caller's session: a rolled-back transaction enqueues nothing, a committed
+one cannot lose its job. As it commits, the job is handed to whoever runs jobs in this process
+(see outbox).
 """
 
 import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core import context
+from app.core import context, tracing
 from app.core.errors import JobNotRetryable, NotFound
 from app.db.base import utcnow
 from app.db.models import Job, JobStatus
-from app.db.session import JOBS_ENQUEUED, Database
+from app.db.session import Database
+from app.services import outbox, pagination
+from app.services.job_registry import JobDefinition, Payload
+from app.services.pagination import PageParams
 
 logger = logging.getLogger(__name__)
 
@@ -32,63 +33,41 @@ JOBS_DUE_CHANNEL = "jobs_due"
 LISTEN_RETRY_S = 1.0  # after the listening connection was lost; the poll covers meanwhile
 
 
-@dataclass(frozen=True)
-class JobDefinition:
-    name: str
-    run: Callable[..., Awaitable[None]]
-    max_attempts: int = 8
-
-
-@dataclass
-class Registry:
-    definitions: dict[str, JobDefinition] = field(default_factory=dict)
-
-    def job(
-        self, *, max_attempts: int = 8
-    ) -> Callable[[Callable[..., Awaitable[None]]], JobDefinition]:
-        """Register an async function `(ctx: JobContext, **payload)` as a job."""
-
-        def register(run: Callable[..., Awaitable[None]]) -> JobDefinition:
-            definition = JobDefinition(run.__name__, run, max_attempts)
-            if definition.name in self.definitions:
-                raise ValueError(f"job {definition.name!r} is registered twice")
-            self.definitions[definition.name] = definition
-            return definition
-
-        return register
-
-    def get(self, name: str) -> JobDefinition | None:
-        return self.definitions.get(name)
-
-
-registry = Registry()
-
-
-async def enqueue(session: AsyncSession, definition: JobDefinition, **payload: Any) -> Job:
+async def enqueue(
+    session: AsyncSession, definition: JobDefinition[Payload], payload: Payload
+) -> Job:
     """Add a job to the caller's transaction; it runs once that transaction commits."""
     job = Job(
         id=uuid.uuid4(),  # known before the INSERT: the dispatcher may take the job as it commits
         name=definition.name,
-        payload=payload,
+        payload=payload.model_dump(mode="json"),
         max_attempts=definition.max_attempts,
         request_id=context.request_id.get(),
+        trace_context=tracing.carrier(),
     )
     session.add(job)
-    session.info.setdefault(JOBS_ENQUEUED, []).append(job)
     return job
 
 
-async def list_page(
-    session: AsyncSession, *, status: JobStatus | None, limit: int, offset: int
-) -> tuple[list[Job], int]:
+def list_order(*, status: JobStatus | None, name: str | None) -> pagination.Ordering:
+    """Newest first (ix_jobs_created_at_id); under a filter, the order of that filter's own
+    index (status|name, created_at, id), so a rare status is found there by a seek."""
+    pinned = (Job.status,) if status is not None else (Job.name,) if name is not None else ()
+    return pagination.Ordering((Job.created_at, Job.id), descending=True, pinned=pinned)
+
+
+async def list_jobs(
+    session: AsyncSession, *, status: JobStatus | None, name: str | None, page: PageParams
+) -> tuple[list[Job], str | None]:
     query = select(Job)
     if status is not None:
         query = query.where(Job.status == status)
-    total = await session.scalar(select(func.count()).select_from(query.subquery()))
-    jobs = await session.scalars(
-        query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    if name is not None:
+        query = query.where(Job.name == name)
+    ordering = list_order(status=status, name=name)
+    return await pagination.paginate(
+        session, query, ordering=ordering, params=page, scope=("jobs", status, name)
     )
-    return list(jobs), total or 0
 
 
 async def get(session: AsyncSession, job_id: uuid.UUID) -> Job:
@@ -109,7 +88,6 @@ async def retry(session: AsyncSession, job_id: uuid.UUID) -> Job:
     job.attempts = 0
     job.run_at = utcnow()
     job.published_at = None
-    session.info.setdefault(JOBS_ENQUEUED, [])  # due now: whoever runs jobs looks again
     await announce(session)
     await session.flush()
     return job
@@ -117,14 +95,16 @@ async def retry(session: AsyncSession, job_id: uuid.UUID) -> Job:
 
 async def announce(session: AsyncSession) -> None:
     """Tell every process that runs jobs, when this transaction commits, that jobs are due."""
+    outbox.jobs_due(session)
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(text(f"NOTIFY {JOBS_DUE_CHANNEL}"))
 
 
 def listen_for_due_jobs(db: Database, wake: Callable[[], None]) -> asyncio.Task[None] | None:
     """PostgreSQL: call `wake` whenever another process announces due jobs, until the task is
-    cancelled. Elsewhere there is nothing to listen to: the poll finds such jobs."""
-    if not db.is_postgresql:
+    cancelled. Where nothing can listen (SQLite; a transaction pooler without a
+    DATABASE_LISTEN_URL) the poll finds such jobs."""
+    if not db.can_listen:
         return None
     return asyncio.create_task(_listen(db, wake), name="jobs-due-listener")
 
@@ -145,10 +125,3 @@ async def stop_listening(listener: asyncio.Task[None] | None) -> None:
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listener
-
-
-async def count_by_status(session: AsyncSession) -> dict[str, int]:
-    rows = await session.execute(select(Job.status, func.count()).group_by(Job.status))
-    counts = {status.value: 0 for status in JobStatus}
-    counts.update({status.value: count for status, count in rows})
-    return counts

@@ -1,23 +1,19 @@
 """Outgoing mail: SMTP through aiosmtplib, or .eml files under DATA_DIR/mail in development."""
 
 import asyncio
-import io
 import logging
-import uuid
 from dataclasses import dataclass
-from email.charset import QP, Charset
-from email.generator import BytesGenerator
-from email.header import Header
-from email.message import Message
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
-from email.policy import Compat32
-from email.utils import formataddr, formatdate, parseaddr
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formatdate, parseaddr
 from pathlib import Path
 
 import aiosmtplib
 
+from app.core import spans
 from app.core.config import Settings
+from app.core.redaction import MASKED_ADDRESS, mask_addresses
 
 logger = logging.getLogger(__name__)
 
@@ -29,50 +25,43 @@ class Mail:
     text: str
     html: str
     # Derived from the job id: a retried job sends the same Message-ID, so a duplicate
-    # delivery can be recognised downstream.
+    # delivery can be recognised downstream. Log lines name it, and the user, never the address.
     message_id: str
     request_id: str | None = None
+    user_id: str | None = None
 
 
-# Non-ASCII bodies go quoted-printable: readable, and safe for servers without 8BITMIME.
-_UTF8 = Charset("utf-8")
-_UTF8.body_encoding = QP
+def as_bytes(message: EmailMessage) -> bytes:
+    """The message as it goes on the wire: CRLF line ends, headers folded by policy.SMTP."""
+    return message.as_bytes(policy=SMTP)
 
 
-def _part(body: str, subtype: str = "plain") -> MIMEText:
-    return MIMEText(body, subtype, "us-ascii" if body.isascii() else _UTF8)  # type: ignore[arg-type]
-
-
-def _header(text: str) -> str:
-    return text if text.isascii() else Header(text, "utf-8").encode()  # RFC 2047 when it must
-
-
-class _Policy(Compat32):
-    """compat32, with the folding of a header that needs none skipped.
-
-    compat32 folds every header through email.header.Header: the most expensive step of
-    sending a mail. A one-line ASCII value that fits on its line folds to itself."""
-
-    def fold_binary(self, name: str, value: str) -> bytes:
-        line = f"{name}: {value}"
-        one_line = isinstance(value, str) and "\n" not in value and "\r" not in value
-        if one_line and line.isascii() and len(line) <= (self.max_line_length or 0):
-            return f"{line}{self.linesep}".encode("ascii")
-        return super().fold_binary(name, value)
-
-
-_POLICY = _Policy()
-
-
-def as_bytes(message: Message) -> bytes:
-    """The message as it goes on the wire (aiosmtplib turns its line ends into CRLF)."""
-    out = io.BytesIO()
-    BytesGenerator(out, mangle_from_=False, policy=_POLICY).flatten(message)
-    return out.getvalue()
+def _cte(body: str) -> str | None:
+    # Non-ASCII bodies go quoted-printable: readable, and safe for servers without 8BITMIME.
+    return None if body.isascii() else "quoted-printable"
 
 
 # Reasons to retry a message once on a new connection: the reused one was closed while idle.
 _STALE = (aiosmtplib.SMTPServerDisconnected, ConnectionError)
+# A server's refusals: aiosmtplib's carry the recipient, and the reply often quotes it.
+_REFUSALS = (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused)
+
+
+def _masked(
+    exc: aiosmtplib.SMTPResponseException | aiosmtplib.SMTPRecipientsRefused,
+) -> aiosmtplib.SMTPResponseException:
+    """The same refusal with no address in it: a job's error is logged and kept in
+    jobs.last_error, which the admin, the jobs API and the CLI show. Its type and reply code
+    stay, for the delivery span and for a retry policy that tells a transient 4xx from a
+    permanent 5xx (the mail jobs retry both today)."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        exc = exc.recipients[0]  # one recipient per message: "all refused" is that one
+    reply = mask_addresses(exc.message)
+    if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
+        return aiosmtplib.SMTPRecipientRefused(exc.code, reply, MASKED_ADDRESS)
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+        return aiosmtplib.SMTPSenderRefused(exc.code, reply, MASKED_ADDRESS)
+    return type(exc)(exc.code, reply)
 
 
 class Mailer:
@@ -88,40 +77,46 @@ class Mailer:
         self.keep_open = settings.job_concurrency  # as many as jobs may send at once
         self._idle: list[aiosmtplib.SMTP] = []
         name, self.sender = parseaddr(settings.mail_from)
-        self._from_header = formataddr((name, self.sender), "utf-8")
+        self._from = Address(display_name=name, addr_spec=self.sender)
 
     def domain(self) -> str:
         return self.sender.rpartition("@")[2] or "localhost"
 
-    def build(self, mail: Mail) -> Message:
-        """The message, with the MIME classes of the compat32 policy: EmailMessage parses every
-        header through its registry, which cost three times as much CPU as sending the mail."""
-        parts = [_part(mail.text), _part(mail.html, "html")]
-        # A random boundary of our own: left to the generator, it compiles a regular
-        # expression per message to check the boundary against the text. "=_" cannot occur
-        # in quoted-printable text, and 128 random bits will not occur in plain ASCII.
-        message = MIMEMultipart("alternative", boundary=f"=_{uuid.uuid4().hex}", _subparts=parts)
-        message["From"] = self._from_header
+    def build(self, mail: Mail) -> EmailMessage:
+        """A text and an HTML alternative; headers encoded (RFC 2047) where they must be."""
+        message = EmailMessage()
+        message["From"] = self._from
         message["To"] = mail.to
-        message["Subject"] = _header(mail.subject)
+        message["Subject"] = mail.subject
         message["Date"] = formatdate(localtime=False)
         message["Message-ID"] = f"<{mail.message_id}@{self.domain()}>"
         if mail.request_id:
             message["X-Request-ID"] = mail.request_id
+        message.set_content(mail.text, cte=_cte(mail.text))
+        message.add_alternative(mail.html, subtype="html", cte=_cte(mail.html))
         return message
 
     async def send(self, mail: Mail) -> None:
         message = self.build(mail)
+        label = f"mail {mail.message_id} for user {mail.user_id or '-'}"
         if not self.settings.smtp_host:
             path = await asyncio.to_thread(self._write_file, message, mail.message_id)
-            logger.info("mail to %s (%s) written to %s", mail.to, mail.subject, path)
+            logger.info("%s written to %s", label, path)
             return
-        await self._deliver(mail.to, as_bytes(message))
-        logger.info(
-            "mail to %s (%s) accepted by %s", mail.to, mail.subject, self.settings.smtp_host
-        )
+        with spans.smtp_delivery(self.settings.smtp_host, self.settings.smtp_port):
+            await self._deliver(mail.to, as_bytes(message))
+        logger.info("%s accepted by %s", label, self.settings.smtp_host)
 
     async def _deliver(self, to: str, message: bytes) -> None:
+        """Hand the message over; a refusal leaves as the same error with no address in it."""
+        try:
+            await self._hand_over(to, message)
+            return
+        except _REFUSALS as exc:
+            refused = _masked(exc)
+        raise refused  # out of the except block: the original is not chained to it
+
+    async def _hand_over(self, to: str, message: bytes) -> None:
         while self._idle:
             smtp = self._idle.pop()
             if not smtp.is_connected:
@@ -172,7 +167,7 @@ class Mailer:
             except (aiosmtplib.SMTPException, OSError):
                 smtp.close()
 
-    def _write_file(self, message: Message, message_id: str) -> Path:
+    def _write_file(self, message: EmailMessage, message_id: str) -> Path:
         directory = self.settings.mail_dir
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{message_id}.eml"

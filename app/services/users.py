@@ -5,16 +5,23 @@ from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core import security
-from app.core.errors import EmailTaken, InvalidEmailToken, NotFound, WrongPassword
+from app.core.errors import (
+    EmailTaken,
+    InvalidEmailToken,
+    LoginSessionRequired,
+    NotFound,
+    WrongPassword,
+)
 from app.db.models import User
-from app.db.session import Database
+from app.db.queries import Principal
 from app.schemas.users import UserCreate, UserRead, UserUpdate
-from app.services import auth, idempotency, jobs, lookup, tasks
+from app.services import idempotency, jobs, pagination, sessions, tasks
+from app.services.pagination import PageParams
 
 
 async def register(
@@ -24,8 +31,8 @@ async def register(
     idempotency_key: str | None = None,
     secret: str,
     idempotency_ttl: timedelta = timedelta(hours=24),
-) -> User | dict[str, Any]:
-    """Create an account; with an idempotency key, a retry returns the first response."""
+) -> UserRead:
+    """Create an account; with an idempotency key, a retry gets the first answer again."""
     # Hash before touching the database, so no transaction stays open for the Argon2 work.
     hashed_password = await security.hash_password(data.password)
     claim = None
@@ -37,19 +44,18 @@ async def register(
             ttl=idempotency_ttl,
         )
         if claim.response_body is not None:
-            return claim.response_body
+            return UserRead.model_validate(claim.response_body)
     user = await _insert_user(
         session,
         email=User.normalize_email(data.email),
         name=data.name,
         hashed_password=hashed_password,
     )
-    await jobs.enqueue(session, tasks.send_welcome_email, user_id=str(user.id))
+    await jobs.enqueue(session, tasks.send_welcome_email, tasks.UserMail(user_id=user.id))
+    created = UserRead.model_validate(user)
     if claim is not None:
-        idempotency.record_response(
-            claim, status_code=201, body=UserRead.model_validate(user).model_dump(mode="json")
-        )
-    return user
+        idempotency.record_response(claim, status_code=201, body=created.model_dump(mode="json"))
+    return created
 
 
 async def _insert_user(session: AsyncSession, **values: Any) -> User:
@@ -67,46 +73,61 @@ async def get_by_email(session: AsyncSession, email: str) -> User | None:
     return await session.scalar(select(User).where(User.email_matches(email)))
 
 
-async def get_visible(db: Database, user_id: uuid.UUID, *, viewer: User) -> User:
+async def get_visible(session: AsyncSession, user_id: uuid.UUID, *, viewer: Principal) -> User:
     """A user as `viewer` may see them: themselves, or anyone for a superuser.
 
     To everyone else another account is simply not found, never confirmed to exist.
     """
-    if user_id == viewer.id:
-        return viewer
-    if not viewer.is_superuser or (user := await lookup.find_user(db, user_id)) is None:
+    user = None
+    if user_id == viewer.id or viewer.is_superuser:
+        user = await session.get(User, user_id)
+    if user is None:
         raise NotFound("User not found")
     return user
 
 
-async def list_page(session: AsyncSession, *, limit: int, offset: int) -> tuple[list[User], int]:
-    total = await session.scalar(select(func.count()).select_from(User))
-    users = await session.scalars(
-        select(User).order_by(User.created_at, User.id).limit(limit).offset(offset)
+# Oldest first; the index ix_users_created_at_id serves it.
+USERS_ORDER = pagination.Ordering((User.created_at, User.id))
+
+
+async def list_users(session: AsyncSession, *, page: PageParams) -> tuple[list[User], str | None]:
+    return await pagination.paginate(
+        session, select(User), ordering=USERS_ORDER, params=page, scope=("users",)
     )
-    return list(users), total or 0
 
 
-async def update_profile(session: AsyncSession, *, user: User, data: UserUpdate) -> User:
-    """Change name and/or password; a new password ends every session of the user."""
-    changes: dict[str, Any] = {}
-    if data.name is not None:
-        changes["name"] = data.name
+async def update_profile(session: AsyncSession, *, user: Principal, data: UserUpdate) -> User:
+    """Change name and/or password; a new password ends every session of the user.
+
+    A password change needs a login session and the current password, checked before the
+    user row is locked, so no lock is held during Argon2 work.
+    """
+    checked_hash = hashed_password = None
     if data.password is not None:
+        if user.session_id is None:
+            raise LoginSessionRequired()
         assert data.current_password is not None  # UserUpdate requires it with a password
-        valid, _ = await security.verify_password(data.current_password, user.hashed_password)
+        stored = await session.get(User, user.id)
+        if stored is None:
+            raise NotFound("User not found")
+        checked_hash = stored.hashed_password
+        await session.commit()  # end the read: no pooled connection waits while Argon2 runs
+        valid, _ = await security.verify_password(data.current_password, checked_hash)
         if not valid:
             raise WrongPassword()
-        changes["hashed_password"] = await security.hash_password(data.password)
-    stored = await session.get(User, user.id, with_for_update=True)
-    if stored is None:
+        hashed_password = await security.hash_password(data.password)
+    locked = await sessions.lock_user(session, user.id)
+    if locked is None:
         raise NotFound("User not found")
-    for field, value in changes.items():
-        setattr(stored, field, value)
-    if "hashed_password" in changes:
-        await auth.revoke_all_sessions(session, user=stored)
+    if data.name is not None:
+        locked.name = data.name
+    if hashed_password is not None:
+        if locked.hashed_password != checked_hash:
+            raise WrongPassword()  # changed by another request since it was checked
+        locked.hashed_password = hashed_password
+        await sessions.end_all(session, user=locked)
     await session.flush()
-    return stored
+    return locked
 
 
 async def verify_email(session: AsyncSession, *, token: str, secret: str) -> User:
@@ -154,7 +175,7 @@ async def set_active(
     for user in changed:
         user.is_active = active
         if not active:
-            await auth.revoke_all_sessions(session, user=user)
+            await sessions.end_all(session, user=user)
     await session.flush()
     return changed
 

@@ -96,6 +96,22 @@ async def test_openapi_lists_the_api_paths(docs_client: httpx.AsyncClient) -> No
     assert not {"/docs", "/redoc", "/docs/oauth2-redirect"} & set(schema["paths"])
 
 
+@pytest.mark.parametrize(
+    ("path", "filters"), [("/api/v1/users", set()), ("/api/v1/jobs", {"status", "name"})]
+)
+async def test_openapi_shows_each_list_paged_by_cursor(
+    docs_client: httpx.AsyncClient, path: str, filters: set[str]
+) -> None:
+    schema = (await docs_client.get("/openapi.json")).json()
+    operation = schema["paths"][path]["get"]
+    assert {p["name"] for p in operation["parameters"]} == {"limit", "cursor"} | filters
+    limit = next(p for p in operation["parameters"] if p["name"] == "limit")["schema"]
+    assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, 100, 50)
+    ref = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    page = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert set(page["properties"]) == {"items", "next_cursor"}
+
+
 async def test_swagger_authorize_uses_the_token_endpoint(docs_client: httpx.AsyncClient) -> None:
     schema = (await docs_client.get("/openapi.json")).json()
     [scheme] = schema["components"]["securitySchemes"].values()

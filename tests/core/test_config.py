@@ -12,6 +12,7 @@ APP_VARIABLES = (
     "DATABASE_URL",
     "ENVIRONMENT",
     "SECRET_KEY",
+    "SMTP_HOST",
     "DATA_DIR",
     "FIRST_SUPERUSER_EMAIL",
     "FIRST_SUPERUSER_PASSWORD",
@@ -90,6 +91,15 @@ def test_sync_driver_error_names_the_async_driver_to_use(monkeypatch: pytest.Mon
         load_settings()
 
 
+def test_a_listen_url_that_is_not_postgresql_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_LISTEN_URL", "mysql://app:s3cret@db/app")
+    with pytest.raises(ConfigError, match="DATABASE_LISTEN_URL") as raised:
+        load_settings()
+    assert "s3cret" not in str(raised.value)
+
+
 def test_invalid_port_is_one_line_naming_port(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORT", "70000")
     with pytest.raises(ConfigError) as raised:
@@ -118,8 +128,19 @@ def test_production_accepts_a_long_random_secret_key(monkeypatch: pytest.MonkeyP
     assert len(key) == 48
     monkeypatch.setenv("ENVIRONMENT", "production")
     monkeypatch.setenv("SECRET_KEY", key)
+    monkeypatch.setenv("SMTP_HOST", "smtp.example.com")
     settings = load_settings()
     assert settings.signing_key == key
+
+
+def test_production_refuses_to_start_without_an_smtp_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("SECRET_KEY", secrets.token_urlsafe(36))
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert str(raised.value) == "SMTP_HOST must be set in production: emails carry login links"
+    monkeypatch.setenv("ENVIRONMENT", "development")
+    assert load_settings().smtp_host == ""  # development writes mail to files instead
 
 
 def test_development_without_secret_key_generates_one_under_data_dir(tmp_path: Path) -> None:

@@ -91,6 +91,8 @@ async def server(settings: Settings, app: FastAPI, tmp_path: Path) -> AsyncItera
     port = _free_port()
     env = os.environ | {
         "DATABASE_URL": settings.database_url,
+        "DB_TRANSACTION_POOLER": str(settings.db_transaction_pooler).lower(),
+        "DATABASE_LISTEN_URL": settings.database_listen_url,
         "SECRET_KEY": settings.signing_key,
         "ENVIRONMENT": "test",
         "DATA_DIR": str(tmp_path / "server-data"),

@@ -59,6 +59,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
     env.update(
         DATABASE_URL=settings.database_url,
+        DB_TRANSACTION_POOLER=str(settings.db_transaction_pooler).lower(),
+        DATABASE_LISTEN_URL=settings.database_listen_url,
         BROKER_URL=settings.broker_url,
         SECRET_KEY=settings.secret_key,
         SMTP_HOST=settings.smtp_host,
@@ -93,7 +95,7 @@ class Worker:
 
     async def ready(self) -> None:
         """Wait until the worker answers a ping over the broker."""
-        celery = create_celery(self.settings)
+        celery = await asyncio.to_thread(create_celery, self.settings)  # sync work: a thread
         async with asyncio.timeout(60):
             while not await asyncio.to_thread(celery.control.ping, timeout=0.5):
                 assert self.process is not None

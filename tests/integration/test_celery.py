@@ -34,7 +34,7 @@ async def register(app: FastAPI, count: int, prefix: str) -> list[str]:
 
 
 async def all_jobs(app: FastAPI) -> list[Job]:
-    async with app.state.db.read_sessionmaker() as session:
+    async with app.state.db.transaction() as session:
         return list(await session.scalars(select(Job)))
 
 
@@ -49,7 +49,7 @@ async def test_registrations_deliver_their_emails_through_celery_workers(
     for job in await all_jobs(celery_app):
         done = await wait_for_job(celery_app.state.db, job.id, JobStatus.SUCCEEDED)
         assert done.attempts == 1
-    async with celery_app.state.db.read_sessionmaker() as session:
+    async with celery_app.state.db.transaction() as session:
         workers = set(await session.scalars(select(JobRun.worker)))
     assert all(name.startswith("celery:") for name in workers)
 
@@ -104,7 +104,7 @@ async def test_a_broker_that_is_down_at_commit_time_loses_nothing(
             emails = await register(app, 4, "outage")  # every request still succeeds
             await asyncio.sleep(1.0)
             assert smtp.messages == []
-            async with app.state.db.read_sessionmaker() as session:
+            async with app.state.db.transaction() as session:
                 queued = await session.scalar(
                     select(func.count()).where(Job.status == JobStatus.QUEUED)
                 )

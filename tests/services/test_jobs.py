@@ -7,18 +7,21 @@ from datetime import timedelta
 
 import pytest
 from fastapi import FastAPI
+from pydantic import BaseModel
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.db.base import utcnow
 from app.db.models import Job, JobRun, JobStatus, User
-from app.db.session import Database, create_engine
+from app.db.session import Database
 from app.main import create_app
-from app.services import job_runner, jobs
+from app.services import job_registry, job_runner, job_store, jobs
 from app.services.dispatcher import Dispatcher
-from app.services.job_runner import JobContext
-from app.services.mailer import Mailer
+from app.services.job_registry import JobDefinition, JobInfo, Payload, Registry, job, load_jobs
+from app.services.job_runner import JobRunner
+from app.services.job_store import ClaimedJob
 from tests.conftest import MakeUser, empty_tables
 from tests.jobs import wait_for_job
 
@@ -28,18 +31,27 @@ gate = asyncio.Event()
 active = {"now": 0, "most": 0}
 
 
-@jobs.registry.job(max_attempts=3)
-async def record_run(ctx: JobContext, *, key: str) -> None:
-    runs[key] += 1
+class Key(BaseModel):
+    key: str
 
 
-@jobs.registry.job(max_attempts=3)
-async def always_fail(ctx: JobContext) -> None:
+class Nothing(BaseModel):
+    pass
+
+
+@job(max_attempts=3)
+async def record_run(payload: Key) -> None:
+    runs[payload.key] += 1
+
+
+@job(max_attempts=3)
+async def always_fail(payload: Nothing) -> None:
     raise RuntimeError("this job always fails")
 
 
-@jobs.registry.job(max_attempts=3)
-async def wait_for_gate(ctx: JobContext, *, key: str) -> None:
+@job(max_attempts=3)
+async def wait_for_gate(payload: Key) -> None:
+    key = payload.key
     active["now"] += 1
     active["most"] = max(active["most"], active["now"])
     try:
@@ -56,14 +68,14 @@ def _reset_test_jobs() -> None:
     active.update(now=0, most=0)
 
 
-async def enqueue(db: Database, definition: jobs.JobDefinition, **payload: str) -> uuid.UUID:
+async def enqueue(db: Database, definition: JobDefinition[Payload], payload: Payload) -> uuid.UUID:
     async with db.transaction() as session:
-        job = await jobs.enqueue(session, definition, **payload)
+        job = await jobs.enqueue(session, definition, payload)
     return job.id
 
 
 async def test_a_committed_job_runs(app: FastAPI) -> None:
-    job_id = await enqueue(app.state.db, record_run, key="committed")
+    job_id = await enqueue(app.state.db, record_run, Key(key="committed"))
     job = await wait_for_job(app.state.db, job_id, JobStatus.SUCCEEDED)
     assert runs["committed"] == 1
     assert job.attempts == 1
@@ -75,13 +87,13 @@ async def test_a_rolled_back_job_never_exists(app: FastAPI) -> None:
 
     async def fail_after_enqueueing() -> None:
         async with db.transaction() as session:
-            await jobs.enqueue(session, record_run, key="rolled-back")
+            await jobs.enqueue(session, record_run, Key(key="rolled-back"))
             await session.flush()
             raise RuntimeError("the request failed after enqueueing")
 
     with pytest.raises(RuntimeError):
         await fail_after_enqueueing()
-    async with db.read_sessionmaker() as session:
+    async with db.transaction() as session:
         assert await session.scalar(select(func.count()).select_from(Job)) == 0
     assert runs["rolled-back"] == 0
 
@@ -93,7 +105,7 @@ async def test_the_dispatcher_is_woken_by_the_commit_not_by_polling(
     slow_poll = settings.model_copy(update={"job_poll_seconds": 60.0})
     app = await asyncio.to_thread(create_app, slow_poll)  # building an app is sync work
     async with app.router.lifespan_context(app):
-        job_id = await enqueue(app.state.db, record_run, key="woken")
+        job_id = await enqueue(app.state.db, record_run, Key(key="woken"))
         async with asyncio.timeout(5):
             await wait_for_job(app.state.db, job_id, JobStatus.SUCCEEDED)
         await app.state.jobs.stop()
@@ -103,14 +115,14 @@ async def test_the_dispatcher_is_woken_by_the_commit_not_by_polling(
 def count_claims(monkeypatch: pytest.MonkeyPatch) -> list[list[uuid.UUID]]:
     """The ids each claim statement took, from now on."""
     claims: list[list[uuid.UUID]] = []
-    claim_due = job_runner.claim_due
+    claim_due = job_store.claim_due
 
-    async def counted(*args: object, **kwargs: object) -> list[job_runner.ClaimedJob]:
+    async def counted(*args: object, **kwargs: object) -> list[job_store.ClaimedJob]:
         claimed = await claim_due(*args, **kwargs)  # type: ignore[arg-type]
         claims.append([job.id for job in claimed])
         return claimed
 
-    monkeypatch.setattr(job_runner, "claim_due", counted)
+    monkeypatch.setattr(job_store, "claim_due", counted)
     return claims
 
 
@@ -130,9 +142,11 @@ async def test_a_job_enqueued_here_is_claimed_by_its_own_transaction(
             async with asyncio.timeout(5):
                 while not claims:  # the look at start, so it cannot overlap the commit below
                     await asyncio.sleep(0.01)
-            job_id = await enqueue(db, wait_for_gate, key="handed-over")
+            await asyncio.sleep(0.3)  # on PostgreSQL, the look once it listens for announcements
+            claims.clear()
+            job_id = await enqueue(db, wait_for_gate, Key(key="handed-over"))
             assert active["now"] == 1  # started with the commit, not by a later round
-            async with db.read_sessionmaker() as session:
+            async with db.transaction() as session:
                 job = await session.get(Job, job_id)
                 [run] = await session.scalars(select(JobRun).where(JobRun.job_id == job_id))
             assert job is not None
@@ -148,8 +162,8 @@ async def test_a_job_enqueued_here_is_claimed_by_its_own_transaction(
             job = await wait_for_job(db, job_id, JobStatus.SUCCEEDED)
             assert (job.attempts, job.locked_by) == (1, None)
             await asyncio.sleep(0.2)  # the round that recorded it is over
-            assert claims[1:] == []
-            async with db.read_sessionmaker() as session:
+            assert claims == []
+            async with db.transaction() as session:
                 [run] = await session.scalars(select(JobRun).where(JobRun.job_id == job_id))
             assert run.outcome == "succeeded"
             assert runs["handed-over"] == 1
@@ -168,8 +182,8 @@ async def test_jobs_beyond_the_free_slots_are_claimed_in_rounds(
         db: Database = app.state.db
         try:
             async with db.transaction() as session:
-                first = await jobs.enqueue(session, wait_for_gate, key="first")
-                second = await jobs.enqueue(session, record_run, key="second")
+                first = await jobs.enqueue(session, wait_for_gate, Key(key="first"))
+                second = await jobs.enqueue(session, record_run, Key(key="second"))
             await wait_for_job(db, second.id, JobStatus.QUEUED)  # no slot for it yet
             assert runs["second"] == 0
             gate.set()
@@ -191,38 +205,212 @@ async def test_a_transaction_that_fails_to_commit_gives_its_slots_back(
 
     async def enqueue_with_a_duplicate_email(attempt: int) -> None:
         async with db.transaction() as session:
-            await jobs.enqueue(session, record_run, key=f"lost-{attempt}")
+            await jobs.enqueue(session, record_run, Key(key=f"lost-{attempt}"))
             # Flushed by the commit, where the unique email fails it.
             session.add(User(email=taken.email, name="Twin", hashed_password="x"))
 
     for attempt in range(app.state.settings.job_concurrency + 1):
         with pytest.raises(IntegrityError):
             await enqueue_with_a_duplicate_email(attempt)
-    async with db.read_sessionmaker() as session:
+    async with db.transaction() as session:
         lost = select(func.count()).select_from(Job).where(Job.name == record_run.name)
         assert await session.scalar(lost) == 0
-    job_id = await enqueue(db, record_run, key="after")
+    job_id = await enqueue(db, record_run, Key(key="after"))
     await wait_for_job(db, job_id, JobStatus.SUCCEEDED)
     assert sum(runs.values()) == 1
 
 
 async def test_a_failing_job_is_retried_then_dead_with_its_error(app: FastAPI) -> None:
-    job_id = await enqueue(app.state.db, always_fail)
+    job_id = await enqueue(app.state.db, always_fail, Nothing())
     job = await wait_for_job(app.state.db, job_id, JobStatus.DEAD)
     assert job.attempts == 3
     assert job.last_error == "RuntimeError: this job always fails"
-    async with app.state.db.read_sessionmaker() as session:
+    async with app.state.db.transaction() as session:
         outcomes = list(await session.scalars(select(JobRun.outcome).order_by(JobRun.attempt)))
     assert outcomes == ["failed", "failed", "dead"]
 
 
-async def test_an_unknown_job_name_goes_dead_at_once(app: FastAPI) -> None:
+async def run_added_later(payload: Key) -> None:
+    runs[payload.key] += 1
+
+
+# A job of newer code, in no registry until a test adds it: as an older process meets it
+# mid rolling deploy.
+added_later = JobDefinition("added_later", run_added_later, Key, max_attempts=2)
+UNKNOWN_HERE = "UnknownJob: no job named 'added_later' here"
+
+
+async def add_job_of_newer_code(db: Database) -> uuid.UUID:
+    async with db.transaction() as session:
+        job = Job(name=added_later.name, payload={"key": "later"}, max_attempts=2)
+        session.add(job)
+    return job.id
+
+
+async def runs_of(db: Database, job_id: uuid.UUID) -> list[tuple[int, str | None]]:
+    """(attempt, outcome) of the job's finished runs, oldest first."""
+    async with db.transaction() as session:
+        rows = await session.execute(
+            select(JobRun.attempt, JobRun.outcome)
+            .where(JobRun.job_id == job_id, JobRun.finished_at.is_not(None))
+            .order_by(JobRun.started_at)
+        )
+        return [(attempt, outcome) for attempt, outcome in rows]
+
+
+async def test_the_dispatcher_queues_an_unknown_job_until_its_process_knows_it(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However often the name is unknown, no attempt is spent: it never goes dead for that."""
+    db: Database = app.state.db
+    job_id = await add_job_of_newer_code(db)
+    tries = 3 * added_later.max_attempts
+    async with asyncio.timeout(15):
+        while len(await runs_of(db, job_id)) < tries:
+            app.state.jobs.wake()  # a round now, not at the next poll: its retry is due soon
+            await asyncio.sleep(0.05)
+    monkeypatch.setitem(job_registry.registry.definitions, added_later.name, added_later)
+    done = await wait_for_job(db, job_id, JobStatus.SUCCEEDED)
+    assert done.attempts == 1
+    assert runs == {"later": 1}
+    finished = await runs_of(db, job_id)
+    assert len(finished) > tries
+    assert finished[:-1] == [(1, "queued")] * (len(finished) - 1)
+    assert finished[-1] == (1, "succeeded")
+
+
+async def test_a_celery_delivery_of_an_unknown_job_puts_it_back_uncounted(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_one is what the Celery worker runs for each delivery."""
+    db: Database = app.state.db
+    await app.state.jobs.stop()  # only the runners below take the job
+    job_id = await add_job_of_newer_code(db)
+    older = JobRunner(db, app.state.settings)
+    try:
+        for _ in range(5 * added_later.max_attempts):
+            tried_at = utcnow()
+            assert await older.run_one(job_id, worker="celery:older")
+            async with db.transaction() as session:
+                job = await session.get(Job, job_id)
+                assert job is not None
+                assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)
+                assert (job.last_error or "").startswith(UNKNOWN_HERE)
+                assert job.run_at.replace(tzinfo=tried_at.tzinfo) > tried_at
+                assert job.published_at is None  # the relay publishes it again once due
+                job.run_at = utcnow()  # time passes
+    finally:
+        await older.close()
+    monkeypatch.setitem(job_registry.registry.definitions, added_later.name, added_later)
+    newer = JobRunner(db, app.state.settings)
+    try:
+        assert await newer.run_one(job_id, worker="celery:newer")
+    finally:
+        await newer.close()
+    done = await wait_for_job(db, job_id, JobStatus.SUCCEEDED)
+    assert done.attempts == 1
+    assert runs == {"later": 1}
+
+
+async def test_a_payload_that_does_not_fit_the_job_is_dead_at_once(app: FastAPI) -> None:
     async with app.state.db.transaction() as session:
-        job = Job(name="no_such_job", payload={}, max_attempts=5)
+        job = Job(name=record_run.name, payload={"key": ["not", "a", "string"]}, max_attempts=3)
         session.add(job)
     done = await wait_for_job(app.state.db, job.id, JobStatus.DEAD)
     assert done.attempts == 1
-    assert "no job named 'no_such_job'" in (done.last_error or "")
+    assert (done.last_error or "").startswith("ValidationError")
+    assert runs == {}
+
+
+@job(max_attempts=5, permanent_errors=(PermissionError,))
+async def refused_for_good(payload: Nothing) -> None:
+    raise PermissionError("the mailbox refuses us")
+
+
+async def test_a_job_names_the_errors_that_no_retry_can_fix(app: FastAPI) -> None:
+    job_id = await enqueue(app.state.db, refused_for_good, Nothing())
+    done = await wait_for_job(app.state.db, job_id, JobStatus.DEAD)
+    assert done.attempts == 1
+    assert done.last_error == "PermissionError: the mailbox refuses us"
+
+
+class Rename(BaseModel):
+    user_id: uuid.UUID
+
+
+@job(max_attempts=1)
+async def rename_user(
+    payload: Rename, *, session: AsyncSession, info: JobInfo, settings: Settings
+) -> None:
+    user = await session.get(User, payload.user_id)
+    assert user is not None
+    user.name = f"{info.name} attempt {info.attempt} for {settings.environment}"
+
+
+async def test_a_job_gets_the_resources_its_signature_asks_for(
+    app: FastAPI, make_user: MakeUser
+) -> None:
+    """Its session commits when the job returns, as a request's does."""
+    user = await make_user(email="renamed@example.com")
+    job_id = await enqueue(app.state.db, rename_user, Rename(user_id=user.id))
+    await wait_for_job(app.state.db, job_id, JobStatus.SUCCEEDED)
+    async with app.state.db.transaction() as session:
+        renamed = await session.get(User, user.id)
+    assert renamed is not None
+    assert renamed.name == "rename_user attempt 1 for test"
+
+
+class Unheard:
+    """A resource no process provides."""
+
+
+async def test_a_job_asking_for_a_resource_nobody_provides_is_refused_at_start(
+    app: FastAPI,
+) -> None:
+    async def needs_unheard(payload: Nothing, *, client: Unheard) -> None:
+        return None
+
+    definition = JobDefinition("needs_unheard", needs_unheard, Nothing)
+    with pytest.raises(TypeError, match="Unheard"):
+        app.state.jobs.runner.check(definition)
+
+
+class Weather:
+    """A process resource no job of the service asks for (as an HTTP client would be)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_new_process_resource_reaches_the_job_that_asks_for_it_by_type(
+    app: FastAPI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given to the runner beside the usual ones; no context class edited. It is closed with
+    the runner."""
+    given: list[tuple[str, Weather]] = []
+    monkeypatch.setattr(job_registry, "registry", Registry(dict(load_jobs().definitions)))
+
+    @job(max_attempts=1)
+    async def forecast(payload: Key, *, weather: Weather) -> None:
+        given.append((payload.key, weather))
+
+    weather = Weather()
+    resources = [*job_runner.process_resources(settings), weather]
+    runner = JobRunner(app.state.db, settings, resources=resources)
+    claimed = ClaimedJob(uuid.uuid4(), forecast.name, {"key": "oslo"}, 1, 1, None)
+    try:
+        outcome = await runner.run(claimed)
+    finally:
+        await runner.close()
+
+    assert (outcome.status, outcome.error) == (JobStatus.SUCCEEDED, None)
+    assert given == [("oslo", weather)]
+    assert weather.closed
+    with pytest.raises(TypeError, match="forecast asks for \\['Weather'\\]"):
+        JobRunner(app.state.db, settings)  # a process without it refuses at start
 
 
 async def test_backoff_grows_exponentially_with_jitter(settings: Settings) -> None:
@@ -238,15 +426,15 @@ async def test_a_job_whose_lease_expired_runs_again(app: FastAPI) -> None:
     """A process that died mid-job leaves a running row behind; its lease runs out."""
     db: Database = app.state.db
     await app.state.jobs.stop()  # claim by hand, as a process that then dies
-    job_id = await enqueue(db, record_run, key="crashed")
-    [claimed] = await job_runner.claim(
+    job_id = await enqueue(db, record_run, Key(key="crashed"))
+    [claimed] = await job_store.claim(
         db, worker="crashed-worker", limit=1, lease=timedelta(seconds=30)
     )
     async with db.transaction() as session:
         await session.execute(
             update(Job).where(Job.id == job_id).values(locked_until=utcnow() - timedelta(seconds=1))
         )
-    survivor = Dispatcher(db, app.state.settings, Mailer(app.state.settings))
+    survivor = Dispatcher(db, app.state.settings)
     survivor.start()
     try:
         job = await wait_for_job(db, job_id, JobStatus.SUCCEEDED)
@@ -255,7 +443,7 @@ async def test_a_job_whose_lease_expired_runs_again(app: FastAPI) -> None:
     assert claimed.id == job_id
     assert job.attempts == 2
     assert runs["crashed"] == 1
-    async with db.read_sessionmaker() as session:
+    async with db.transaction() as session:
         workers = list(await session.scalars(select(JobRun.worker).order_by(JobRun.attempt)))
     assert workers == ["crashed-worker", survivor.worker]
 
@@ -269,7 +457,8 @@ async def test_a_claim_takes_abandoned_jobs_first_then_pending_ones_as_they_fell
     await app.state.jobs.stop()
     now = utcnow()
     newest, oldest, middle, crashed = [
-        await enqueue(db, record_run, key=key) for key in ("newest", "oldest", "middle", "crashed")
+        await enqueue(db, record_run, Key(key=key))
+        for key in ("newest", "oldest", "middle", "crashed")
     ]
     async with db.transaction() as session:
         for job_id, age in ((newest, 1), (oldest, 30), (middle, 10)):
@@ -287,12 +476,12 @@ async def test_a_claim_takes_abandoned_jobs_first_then_pending_ones_as_they_fell
             )
         )
     lease = timedelta(seconds=30)
-    async with db.transaction() as session:
-        pending_only = await job_runner.claim_due(session, worker="w", limit=2, lease=lease)
+    async with db.statement() as connection:
+        pending_only = await job_store.claim_due(connection, worker="w", limit=2, lease=lease)
     assert {job.id for job in pending_only} == {oldest, middle}  # RETURNING has no order
-    async with db.transaction() as session:
-        both = await job_runner.claim_due(
-            session, worker="w", limit=2, lease=lease, include_abandoned=True
+    async with db.statement() as connection:
+        both = await job_store.claim_due(
+            connection, worker="w", limit=2, lease=lease, include_abandoned=True
         )
     assert {job.id: job.attempts for job in both} == {crashed: 2, newest: 1}
 
@@ -300,7 +489,7 @@ async def test_a_claim_takes_abandoned_jobs_first_then_pending_ones_as_they_fell
 async def test_an_abandoned_last_attempt_is_dead(app: FastAPI) -> None:
     db: Database = app.state.db
     await app.state.jobs.stop()
-    job_id = await enqueue(db, record_run, key="abandoned")
+    job_id = await enqueue(db, record_run, Key(key="abandoned"))
     async with db.transaction() as session:
         await session.execute(
             update(Job)
@@ -312,8 +501,8 @@ async def test_an_abandoned_last_attempt_is_dead(app: FastAPI) -> None:
                 locked_until=utcnow() - timedelta(seconds=1),
             )
         )
-    await job_runner.bury_abandoned(db)
-    async with db.read_sessionmaker() as session:
+    await job_store.bury_abandoned(db)
+    async with db.transaction() as session:
         job = await session.get(Job, job_id)
     assert job is not None
     assert job.status == JobStatus.DEAD
@@ -322,7 +511,9 @@ async def test_an_abandoned_last_attempt_is_dead(app: FastAPI) -> None:
 
 async def test_running_jobs_never_exceed_the_concurrency_limit(app: FastAPI) -> None:
     limit = app.state.settings.job_concurrency
-    ids = [await enqueue(app.state.db, wait_for_gate, key=f"gate-{n}") for n in range(limit + 4)]
+    ids = [
+        await enqueue(app.state.db, wait_for_gate, Key(key=f"gate-{n}")) for n in range(limit + 4)
+    ]
     async with asyncio.timeout(10):
         while active["now"] < limit:
             await asyncio.sleep(0.02)
@@ -337,13 +528,13 @@ async def test_stopping_returns_unfinished_jobs_to_the_queue(app: FastAPI) -> No
     db: Database = app.state.db
     settings = app.state.settings.model_copy(update={"job_shutdown_grace_seconds": 0.1})
     await app.state.jobs.stop()
-    dispatcher = Dispatcher(db, settings, Mailer(settings))
+    dispatcher = Dispatcher(db, settings)
     dispatcher.start()
-    job_id = await enqueue(db, wait_for_gate, key="interrupted")
+    job_id = await enqueue(db, wait_for_gate, Key(key="interrupted"))
     dispatcher.wake()
     await wait_for_job(db, job_id, JobStatus.RUNNING)
     await dispatcher.stop()
-    async with db.read_sessionmaker() as session:
+    async with db.transaction() as session:
         job = await session.get(Job, job_id)
         run = await session.scalar(select(JobRun).where(JobRun.job_id == job_id))
     assert job is not None
@@ -357,10 +548,10 @@ async def test_two_dispatchers_never_run_the_same_job(app: FastAPI, settings: Se
     await app.state.jobs.stop()
     keys = [f"shared-{n}" for n in range(60)]
     for key in keys:
-        await enqueue(app.state.db, record_run, key=key)
-    other_db = Database(create_engine(settings))
-    first = Dispatcher(app.state.db, settings, Mailer(settings))
-    second = Dispatcher(other_db, settings, Mailer(settings))
+        await enqueue(app.state.db, record_run, Key(key=key))
+    other_db = Database.from_settings(settings)
+    first = Dispatcher(app.state.db, settings)
+    second = Dispatcher(other_db, settings)
     first.start()
     second.start()
     try:
@@ -373,7 +564,7 @@ async def test_two_dispatchers_never_run_the_same_job(app: FastAPI, settings: Se
         await second.stop()
         await other_db.dispose()
     assert all(runs[key] == 1 for key in keys), runs
-    async with app.state.db.read_sessionmaker() as session:
+    async with app.state.db.transaction() as session:
         workers = set(await session.scalars(select(JobRun.worker)))
         run_count = await session.scalar(select(func.count()).select_from(JobRun))
     assert run_count == len(keys)
@@ -381,7 +572,7 @@ async def test_two_dispatchers_never_run_the_same_job(app: FastAPI, settings: Se
 
 
 async def test_retry_requeues_a_dead_job_with_fresh_attempts(app: FastAPI) -> None:
-    job_id = await enqueue(app.state.db, always_fail)
+    job_id = await enqueue(app.state.db, always_fail, Nothing())
     await wait_for_job(app.state.db, job_id, JobStatus.DEAD)
     async with app.state.db.transaction() as session:
         job = await jobs.retry(session, job_id)
@@ -398,7 +589,7 @@ async def test_a_retry_from_another_process_wakes_the_dispatcher_at_once(
     wakes the dispatchers, which would otherwise find the job at their next poll."""
     slow_poll = settings.model_copy(update={"job_poll_seconds": 60.0})
     app = await asyncio.to_thread(create_app, slow_poll)  # building an app is sync work
-    cli = Database(create_engine(settings))  # the CLI's process: no dispatcher
+    cli = Database.from_settings(settings)  # the CLI's process: no dispatcher
     async with app.router.lifespan_context(app):
         try:
             await asyncio.sleep(0.5)  # the dispatcher's look at start, and it listens
@@ -423,7 +614,7 @@ async def test_the_dispatcher_listens_again_after_losing_its_connection(
 ) -> None:
     slow_poll = settings.model_copy(update={"job_poll_seconds": 60.0})
     app = await asyncio.to_thread(create_app, slow_poll)
-    producer = Database(create_engine(settings))  # a producer outside the service
+    producer = Database.from_settings(settings)  # a producer outside the service
     async with app.router.lifespan_context(app):
         try:
             await asyncio.sleep(0.5)

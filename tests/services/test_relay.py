@@ -13,12 +13,9 @@ from sqlalchemy import select
 
 from app.core.config import Settings
 from app.db.models import Job
-from app.db.session import Database, create_engine
-from app.services import job_runner, jobs, relay
-from app.services import tasks as _tasks  # noqa: F401  (registers the job definitions)
+from app.db.session import Database
+from app.services import job_store, jobs, relay, tasks
 from app.services.relay import Relay
-
-WELCOME = jobs.registry.definitions["send_welcome_email"]
 
 
 class Broker:
@@ -36,7 +33,7 @@ class Broker:
 
 @pytest.fixture
 async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database(create_engine(settings))
+    database = Database.from_settings(settings)
     yield database
     async with database.transaction() as session:
         for job in await session.scalars(select(Job)):
@@ -56,7 +53,7 @@ async def start_relay(
     what it asks of the table from then on: "look" for each check for work, "claim N" for each
     round that claimed N jobs to publish."""
     asked: list[str] = []
-    has_work, claim_for_publish = job_runner.has_work, relay.claim_for_publish
+    has_work, claim_for_publish = job_store.has_work, job_store.claim_for_publish
 
     async def counted_look(db: Database) -> bool:
         asked.append("look")
@@ -69,12 +66,11 @@ async def start_relay(
         asked.append(f"claim {len(claimed)}")
         return claimed
 
-    monkeypatch.setattr(job_runner, "has_work", counted_look)
-    monkeypatch.setattr(relay, "claim_for_publish", counted_claim)
+    monkeypatch.setattr(job_store, "has_work", counted_look)
+    monkeypatch.setattr(job_store, "claim_for_publish", counted_claim)
     runner = Relay(
         db, settings.model_copy(update={"job_poll_seconds": poll_seconds}), broker.publish
     )
-    db.jobs_listener = runner
     runner.start()
     async with asyncio.timeout(5):
         while not asked:  # the look at start, so it cannot overlap the commits below
@@ -86,7 +82,8 @@ async def start_relay(
 
 async def enqueue(db: Database) -> uuid.UUID:
     async with db.transaction() as session:
-        job = await jobs.enqueue(session, WELCOME, user_id=str(uuid.uuid4()))
+        payload = tasks.UserMail(user_id=uuid.uuid4())
+        job = await jobs.enqueue(session, tasks.send_welcome_email, payload)
     return job.id
 
 
@@ -105,7 +102,7 @@ async def test_jobs_are_published_as_their_transaction_commits_without_a_round(
         job_ids = [await enqueue(db) for _ in range(3)]
         await wait_for(lambda: len(broker.published) == 3)
         assert broker.published == job_ids
-        async with db.read_sessionmaker() as session:
+        async with db.transaction() as session:
             stamped = list(await session.scalars(select(Job.published_at)))
         assert len(stamped) == 3
         assert all(at is not None for at in stamped)
@@ -128,7 +125,7 @@ async def test_jobs_the_broker_refused_are_published_by_a_later_round(
         await wait_for(lambda: "claim 1" in asked)
         broker.down = False
         await wait_for(lambda: broker.published == [job_id])
-        async with db.read_sessionmaker() as session:
+        async with db.transaction() as session:
             job = await session.get(Job, job_id)
         assert job is not None
         assert job.published_at is not None
@@ -143,7 +140,7 @@ async def test_a_stopping_relay_leaves_new_jobs_to_the_table(
     runner, _ = await start_relay(db, settings, broker, monkeypatch)
     await runner.stop()
     job_id = await enqueue(db)
-    async with db.read_sessionmaker() as session:
+    async with db.transaction() as session:
         job = await session.get(Job, job_id)
     assert job is not None
     assert job.published_at is None  # another relay's round publishes it

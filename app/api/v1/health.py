@@ -1,23 +1,23 @@
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Response
 
-from app.dependencies import DatabaseDep, SettingsDep
-from app.services import health
+from app.dependencies import ReadinessDep
+from app.schemas.health import NOT_READY, Liveness, Readiness
 
 router = APIRouter(prefix="/health", tags=["health"])
 
 
 @router.get("/live")
-async def live() -> dict[str, str]:
+async def live() -> Liveness:
     """The process is up."""
-    return {"status": "ok"}
+    return Liveness()
 
 
-@router.get("/ready", responses={503: {"description": "A part is not ready; it is named"}})
-async def ready(request: Request, db: DatabaseDep, settings: SettingsDep) -> JSONResponse:
-    """The database answers and is migrated, and the broker answers when one is configured."""
-    checks = await health.check_readiness(db, settings, head=request.app.state.head_revision)
+@router.get("/ready", responses=NOT_READY)
+async def ready(readiness: ReadinessDep, response: Response) -> Readiness:
+    """The database answers and is migrated, and the broker answers when one is configured.
+
+    Concurrent probes share one check, whose result is reused for about a second."""
+    checks = await readiness.get()
     ok = all(result == "ok" for result in checks.values())
-    return JSONResponse(
-        {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
-    )
+    response.status_code = 200 if ok else 503
+    return Readiness(status="ok" if ok else "unavailable", checks=checks)

@@ -2,13 +2,14 @@ from fastapi import APIRouter, BackgroundTasks, status
 
 from app.core import context
 from app.dependencies import CurrentUser
+from app.schemas.errors import NOT_AUTHENTICATED
 from app.schemas.notifications import NotificationAccepted, NotificationCreate
 from app.services import notifications
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, responses=NOT_AUTHENTICATED)
 async def create_notification(
     data: NotificationCreate, user: CurrentUser, background: BackgroundTasks
 ) -> NotificationAccepted:

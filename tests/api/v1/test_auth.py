@@ -75,25 +75,25 @@ async def count_users(app: FastAPI, email: str | None = None) -> int:
     query = select(func.count()).select_from(User)
     if email is not None:
         query = query.where(User.email_matches(email))
-    async with database(app).read_sessionmaker() as session:
+    async with database(app).transaction() as session:
         return await session.scalar(query) or 0
 
 
 async def welcome_emails_enqueued(app: FastAPI) -> int:
     query = select(func.count()).select_from(Job).where(Job.name == tasks.send_welcome_email.name)
-    async with database(app).read_sessionmaker() as session:
+    async with database(app).transaction() as session:
         return await session.scalar(query) or 0
 
 
 async def stored_user(app: FastAPI, email: str) -> User:
-    async with database(app).read_sessionmaker() as session:
+    async with database(app).transaction() as session:
         user = await users.get_by_email(session, email)
     assert user is not None, f"no user with email {email!r}"
     return user
 
 
 async def refresh_tokens_of(app: FastAPI, user_id: uuid.UUID) -> list[RefreshToken]:
-    async with database(app).read_sessionmaker() as session:
+    async with database(app).transaction() as session:
         tokens = await session.scalars(select(RefreshToken).where(RefreshToken.user_id == user_id))
         return list(tokens)
 
@@ -113,9 +113,14 @@ def b64url(data: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
-def access_claims(user: User, **overrides: Any) -> dict[str, Any]:
+def access_claims(
+    user: User, session_id: uuid.UUID | None = None, **overrides: Any
+) -> dict[str, Any]:
     now = datetime.now(UTC)
     claims = {
+        "iss": security.ISSUER,
+        "aud": security.API_AUDIENCE,
+        "sid": str(session_id or uuid.uuid4()),
         "sub": str(user.id),
         "type": "access",
         "ver": user.token_version,
@@ -123,6 +128,11 @@ def access_claims(user: User, **overrides: Any) -> dict[str, Any]:
         "exp": now + timedelta(minutes=5),
     }
     return claims | overrides
+
+
+def session_id_of(tokens: dict[str, Any]) -> uuid.UUID:
+    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    return uuid.UUID(claims["sid"])
 
 
 # --- POST /auth/register --------------------------------------------------------------------
@@ -432,7 +442,7 @@ async def test_failed_registration_stores_no_idempotency_record(
     response = await register(client, user_body("ada@example.com"), key="signup-1")
 
     assert response.status_code == 409
-    async with database(app).read_sessionmaker() as session:
+    async with database(app).transaction() as session:
         assert await session.get(IdempotencyKey, "signup-1") is None
 
 
@@ -1019,7 +1029,7 @@ async def test_protected_route_rejects_an_unsigned_token(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    unsigned = jwt.encode(access_claims(user), None, algorithm="none")
+    unsigned = jwt.encode(access_claims(user), "", algorithm="none")
 
     response = await client.get(ME, headers={"Authorization": f"Bearer {unsigned}"})
 
@@ -1030,8 +1040,10 @@ async def test_protected_route_rejects_a_token_signed_with_another_secret(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
+    tokens = await login(client, user.email)
     token = security.create_access_token(
         user_id=user.id,
+        session_id=session_id_of(tokens),
         token_version=user.token_version,
         secret="another-secret-key-" + "y" * 32,
         ttl=timedelta(minutes=5),
@@ -1046,8 +1058,10 @@ async def test_protected_route_rejects_an_expired_access_token(
     client: httpx.AsyncClient, make_user: MakeUser, settings: Settings
 ) -> None:
     user = await make_user()
+    tokens = await login(client, user.email)
     token = security.create_access_token(
         user_id=user.id,
+        session_id=session_id_of(tokens),
         token_version=user.token_version,
         secret=settings.signing_key,
         ttl=timedelta(minutes=-1),
@@ -1067,8 +1081,10 @@ async def test_an_access_token_that_worked_is_refused_once_it_expires(
 ) -> None:
     """Verified tokens are remembered to spare the signature check, never past their expiry."""
     user = await make_user()
+    tokens = await login(client, user.email)
     token = security.create_access_token(
         user_id=user.id,
+        session_id=session_id_of(tokens),
         token_version=user.token_version,
         secret=settings.signing_key,
         ttl=timedelta(minutes=5),
@@ -1105,16 +1121,38 @@ async def test_protected_route_rejects_a_refresh_token_as_bearer(
         pytest.param({"sub": "not-a-uuid"}, id="non-uuid-subject"),
         pytest.param({"sub": None}, id="no-subject"),
         pytest.param({"exp": None}, id="no-expiry"),
+        pytest.param({"sid": None}, id="no-session"),
+        pytest.param({"sid": "not-a-uuid"}, id="non-uuid-session"),
+        pytest.param({"iss": None}, id="no-issuer"),
+        pytest.param({"iss": "someone-else"}, id="other-issuer"),
+        pytest.param({"aud": None}, id="no-audience"),
+        pytest.param({"aud": security.EMAIL_LINK_AUDIENCE}, id="other-audience"),
     ],
 )
 async def test_protected_route_rejects_a_correctly_signed_token_with_bad_claims(
     client: httpx.AsyncClient, make_user: MakeUser, settings: Settings, claims: dict[str, Any]
 ) -> None:
     user = await make_user()
-    payload = {
-        name: value for name, value in (access_claims(user) | claims).items() if value is not None
-    }
-    token = jwt.encode(payload, settings.signing_key, algorithm="HS256")
+    sid = session_id_of(await login(client, user.email))
+    valid = access_claims(user, sid)
+    key = security.purpose_key(settings.signing_key, security.ACCESS_TOKENS)
+    good = jwt.encode(valid, key, algorithm="HS256")
+    assert (await client.get(ME, headers={"Authorization": f"Bearer {good}"})).status_code == 200
+    payload = {name: value for name, value in (valid | claims).items() if value is not None}
+    token = jwt.encode(payload, key, algorithm="HS256")
+
+    response = await client.get(ME, headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 401
+
+
+async def test_protected_route_rejects_a_token_signed_with_the_underived_secret_key(
+    client: httpx.AsyncClient, make_user: MakeUser, settings: Settings
+) -> None:
+    """Each use of SECRET_KEY has a key of its own: the secret itself signs nothing."""
+    user = await make_user()
+    claims = access_claims(user, session_id_of(await login(client, user.email)))
+    token = jwt.encode(claims, settings.signing_key, algorithm="HS256")
 
     response = await client.get(ME, headers={"Authorization": f"Bearer {token}"})
 

@@ -24,7 +24,7 @@ async def welcome_job(app: FastAPI, smtp: SmtpSink, client: httpx.AsyncClient) -
         json={"email": "jobs@example.com", "name": "J", "password": "long enough pw"},
     )
     assert response.status_code == 201
-    async with app.state.db.read_sessionmaker() as session:
+    async with app.state.db.transaction() as session:
         job = await session.scalar(
             select(Job)
             .where(Job.name == tasks.send_welcome_email.name, Job.payload.is_not(None))
@@ -42,7 +42,8 @@ async def test_superuser_lists_jobs_with_their_status(
     response = await client.get("/api/v1/jobs", headers=admin)
     assert response.status_code == 200
     body = response.json()
-    assert body["total"] == 2  # the admin's own welcome job is there too
+    assert len(body["items"]) == 1
+    assert body["next_cursor"] is None
     [item] = [item for item in body["items"] if item["id"] == str(job.id)]
     assert item["name"] == "send_welcome_email"
     assert item["status"] == "succeeded"
@@ -59,7 +60,7 @@ async def test_jobs_filter_by_status(
     await wait_for_job(app.state.db, job.id, JobStatus.SUCCEEDED)
     dead = await client.get("/api/v1/jobs", params={"status": "dead"}, headers=admin)
     done = await client.get("/api/v1/jobs", params={"status": "succeeded"}, headers=admin)
-    assert dead.json() == {"items": [], "total": 0}
+    assert dead.json() == {"items": [], "next_cursor": None}
     assert str(job.id) in {item["id"] for item in done.json()["items"]}
 
 
@@ -112,7 +113,7 @@ async def test_a_briefly_refusing_smtp_server_still_gets_the_mail(
 ) -> None:
     smtp.refuse_with = "451 4.3.0 Try again later"
     job = await welcome_job(app, smtp, client)
-    async with app.state.db.read_sessionmaker() as session:
+    async with app.state.db.transaction() as session:
         while (await session.get(Job, job.id, populate_existing=True)).attempts < 2:
             await session.commit()
     smtp.refuse_with = None

@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
@@ -45,7 +46,7 @@ async def test_forgot_password_answers_the_same_for_an_unknown_email(
     unknown = await forgot(client, "unknown@example.com")
     assert (known.status_code, known.json()) == (unknown.status_code, unknown.json())
     await smtp.wait_for(1)
-    async with app.state.db.read_sessionmaker() as session:
+    async with app.state.db.transaction() as session:
         resets = await session.scalar(select(func.count()).where(RESET_JOBS))
     assert resets == 1  # only the known account got a reset job
 
@@ -55,7 +56,7 @@ async def test_forgot_password_sends_nothing_to_a_deactivated_account(
 ) -> None:
     await make_user(email="off@example.com", is_active=False, is_verified=True)
     assert (await forgot(client, "off@example.com")).status_code == 202
-    async with app.state.db.read_sessionmaker() as session:
+    async with app.state.db.transaction() as session:
         assert await session.scalar(select(func.count()).where(RESET_JOBS)) == 0
 
 
@@ -183,7 +184,7 @@ async def test_reset_page_rejects_a_short_password_with_the_form_again(
     page = await client.post("/reset-password", data={"token": token, "password": "short"})
     assert page.status_code == 422
     assert 'name="password"' in page.text
-    async with app.state.db.read_sessionmaker() as session:
+    async with app.state.db.transaction() as session:
         stored = await session.get(User, user.id)
     assert stored is not None
     assert stored.hashed_password == user.hashed_password
@@ -193,3 +194,34 @@ async def test_reset_page_with_a_spent_link_explains_itself(client: httpx.AsyncC
     page = await client.post("/reset-password", data={"token": "spent", "password": NEW_PASSWORD})
     assert page.status_code == 400
     assert "Password not changed" in page.text
+
+
+async def test_a_bad_or_spent_reset_link_costs_no_argon2_work(
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Links are checked before hashing, so a stream of bad links cannot burn the CPU."""
+    user = await make_user()
+    hashed: list[str] = []
+
+    async def counting_hash(password: str) -> str:
+        hashed.append(password)
+        return await real_hash(password)
+
+    real_hash = security.hash_password
+    monkeypatch.setattr(security, "hash_password", counting_hash)
+    spent = security.create_email_token(
+        purpose=security.RESET_PASSWORD,
+        user_id=user.id,
+        bound_to="a hash the user no longer has",
+        secret=settings.signing_key,
+        ttl=timedelta(minutes=5),
+    )
+    for token in ("not-a-token", spent):
+        response = await client.post(
+            "/api/v1/auth/reset-password", json={"token": token, "password": "brand new password"}
+        )
+        assert response.status_code == 400
+    assert hashed == []

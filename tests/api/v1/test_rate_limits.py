@@ -1,5 +1,6 @@
-"""Rate limits on register, token and forgot-password: per client and per email, 429 with
-Retry-After, counters in this process or shared through Redis, and open when Redis is down."""
+"""Rate limits on register and forgot-password (per client and per email, every request), 429
+with Retry-After, counters in this process or shared through Redis, and open when Redis is down.
+The limits on failures (login, refresh, links, password changes) are in test_rate_limits_wire."""
 
 import asyncio
 import ipaddress
@@ -13,23 +14,19 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio
 from fastapi import FastAPI
-from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
 from app.core.config import ConfigError, Settings, load_settings
 from app.db.models import User
 from app.main import create_app
-from app.schemas.users import UserCreate
-from app.services import users
-from tests.conftest import IN_CI, PASSWORD, empty_tables
+from tests.conftest import PASSWORD, empty_tables
+from tests.limits import require_redis
 
 REGISTER = "/api/v1/auth/register"
 TOKEN = "/api/v1/auth/token"
 FORGOT = "/api/v1/auth/forgot-password"
 LIMIT = 3
-REDIS_URL = "redis://127.0.0.1:6379/14"
 
 StartApp = Callable[..., Awaitable[FastAPI]]
 
@@ -68,17 +65,7 @@ async def start_app(settings: Settings) -> AsyncIterator[StartApp]:
 
 @pytest.fixture
 async def redis_url() -> str:
-    """The test Redis; required in CI, skipped without it locally."""
-    client = redis.asyncio.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        if IN_CI:
-            pytest.fail(f"CI needs Redis at {REDIS_URL}: {exc!r}")
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc!r}")
-    finally:
-        await client.aclose()
-    return REDIS_URL
+    return await require_redis()
 
 
 async def post(app: FastAPI, url: str, client: str = "10.0.0.1", **kwargs: Any) -> httpx.Response:
@@ -91,10 +78,6 @@ def signup(email: str) -> dict[str, Any]:
     return {"json": {"email": email, "name": "Ada Lovelace", "password": PASSWORD}}
 
 
-def login(email: str, password: str = PASSWORD) -> dict[str, Any]:
-    return {"data": {"username": email, "password": password}}
-
-
 def forgot(email: str) -> dict[str, Any]:
     return {"json": {"email": email}}
 
@@ -104,14 +87,8 @@ def unique_email() -> str:
 
 
 async def count_users(app: FastAPI) -> int:
-    async with app.state.db.read_sessionmaker() as session:
-        return await session.scalar(select(func.count()).select_from(User)) or 0
-
-
-async def add_user(app: FastAPI, email: str) -> None:
-    data = UserCreate(email=email, name="Test User", password=PASSWORD)
     async with app.state.db.transaction() as session:
-        await users.register(session, data, secret="unused")
+        return await session.scalar(select(func.count()).select_from(User)) or 0
 
 
 def assert_limited(response: httpx.Response) -> None:
@@ -148,46 +125,7 @@ async def test_register_limits_an_email_whatever_the_client(start_app: StartApp)
     assert (await post(app, REGISTER, "10.0.0.9", **signup(unique_email()))).status_code == 201
 
 
-# --- token --------------------------------------------------------------------------------
-
-
-async def test_token_limits_a_client_even_with_the_right_password(start_app: StartApp) -> None:
-    app = await start_app()
-    await add_user(app, "grace@example.com")
-    for _ in range(LIMIT):
-        assert (await post(app, TOKEN, **login(unique_email()))).status_code == 401
-
-    assert_limited(await post(app, TOKEN, **login("grace@example.com")))
-    assert (await post(app, TOKEN, "10.0.0.2", **login("grace@example.com"))).status_code == 200
-
-
-async def test_token_limits_guesses_at_one_email_from_many_clients(start_app: StartApp) -> None:
-    app = await start_app()
-    await add_user(app, "grace@example.com")
-    for n in range(1, LIMIT + 1):
-        guess = await post(app, TOKEN, f"10.0.0.{n}", **login("Grace@example.com", "wrong guess"))
-        assert guess.status_code == 401
-
-    assert_limited(await post(app, TOKEN, "10.0.0.9", **login("grace@example.com")))
-
-
 # --- forgot-password ----------------------------------------------------------------------
-
-
-async def test_admin_login_shares_the_token_limit(start_app: StartApp) -> None:
-    """The admin login is no second door for guessing passwords."""
-    app = await start_app()
-    email = unique_email()
-    async with app.state.db.transaction() as session:
-        data = UserCreate(email=email, name="Root", password=PASSWORD)
-        user = await users.register(session, data, secret="unused")
-        assert isinstance(user, User)
-        user.is_superuser = True
-    for _ in range(LIMIT):
-        await post(app, TOKEN, **login(email, "wrong password"))
-    response = await post(app, "/admin/login", **login(email))  # the right password, too late
-    assert response.status_code == 400
-    assert "admin_session" not in response.cookies
 
 
 async def test_forgot_password_answers_202_until_the_client_is_limited(
@@ -252,11 +190,39 @@ async def test_requests_pass_when_redis_is_down(
     assert "unavailable" in warnings[0].getMessage()
 
 
-@pytest.mark.parametrize("value", ["lots", "0/minute"])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RATE_LIMIT_TOKEN", "lots"),
+        ("RATE_LIMIT_TOKEN", "0/minute"),
+        ("RATE_LIMIT_TOKEN_EMAIL", "many/hour"),
+        ("RATE_LIMIT_PASSWORD_CHANGE", "0/hour"),
+    ],
+)
 def test_a_bad_rate_limit_stops_the_start_naming_the_variable(
-    value: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no .env
-    monkeypatch.setenv("RATE_LIMIT_TOKEN", value)
-    with pytest.raises(ConfigError, match=r"^RATE_LIMIT_TOKEN .*'"):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=rf"^{name} .*'"):
         load_settings()
+
+
+@pytest.mark.parametrize("value", ["10.0.0.1, proxy.internal", "300.1.2.3"])
+def test_a_bad_forwarded_allow_ips_stops_the_start(
+    value: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", value)
+    with pytest.raises(ConfigError, match=r"^FORWARDED_ALLOW_IPS: '.*' is not an address"):
+        load_settings()
+
+
+def test_forwarded_allow_ips_takes_addresses_networks_and_star(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.1.0.0/16, ::1, *")
+    assert load_settings().forwarded_allow_ips == "10.1.0.0/16, ::1, *"
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS")
+    assert load_settings().forwarded_allow_ips == "127.0.0.1,::1"  # loopback only

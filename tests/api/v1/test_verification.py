@@ -8,6 +8,7 @@ from sqlalchemy import select
 from app.core import security
 from app.core.config import Settings
 from app.db.models import Job, JobStatus, User
+from app.services import jobs, tasks
 from tests.conftest import PASSWORD, MakeUser, SmtpSink
 from tests.jobs import wait_for_job
 from tests.mail import link_in, path_and_query, text_body, token_in
@@ -41,7 +42,7 @@ async def test_welcome_email_carries_the_job_id_and_request_id(
     response = await register(client, "ids@example.com", **{"X-Request-ID": "req-welcome-1"})
     assert response.headers["X-Request-ID"] == "req-welcome-1"
     [message] = await smtp.wait_for(1)
-    async with app.state.db.read_sessionmaker() as session:
+    async with app.state.db.transaction() as session:
         job = await session.scalar(select(Job))
     assert job is not None
     assert job.request_id == "req-welcome-1"
@@ -60,7 +61,7 @@ async def test_verification_link_page_confirms_the_address(
     assert "page@example.com is confirmed" in page.text
     assert page.headers["Referrer-Policy"] == "no-referrer"
     assert "default-src 'none'" in page.headers["Content-Security-Policy"]
-    async with app.state.db.read_sessionmaker() as session:
+    async with app.state.db.transaction() as session:
         user = await session.scalar(select(User).where(User.email == "page@example.com"))
     assert user is not None
     assert user.is_verified
@@ -134,11 +135,9 @@ async def test_welcome_job_for_a_verified_user_sends_nothing(
     client: httpx.AsyncClient, smtp: SmtpSink, app: FastAPI, make_user: MakeUser
 ) -> None:
     """A job reloads its user: one verified meanwhile (or deleted) gets no welcome email."""
-    await make_user(email="already@example.com", is_verified=True)
-    # make_user registered through the service, which enqueued a welcome job after commit.
-    async with app.state.db.read_sessionmaker() as session:
-        job = await session.scalar(select(Job))
-    assert job is not None
+    user = await make_user(email="already@example.com", is_verified=True)
+    async with app.state.db.transaction() as session:
+        job = await jobs.enqueue(session, tasks.send_welcome_email, tasks.UserMail(user_id=user.id))
     await wait_for_job(app.state.db, job.id, JobStatus.SUCCEEDED)
     assert smtp.messages == []
 
