@@ -10,7 +10,6 @@ import contextlib
 import email
 import email.policy
 import gc
-import logging
 import os
 import socket
 import threading
@@ -36,6 +35,7 @@ from app.db.base import Base
 from app.db.models import User
 from app.main import create_app
 from app.services import startup
+from tests.loop_guard import LoopGuard
 from tests.pgbouncer import PgBouncer
 
 POSTGRES_URL = os.environ.get(
@@ -337,27 +337,13 @@ def bearer(tokens: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
 
 
-# --- guard: a test fails when it blocks the event loop for more than 100 ms -----------------
+# --- guard: a test fails when it blocks the event loop for 100 ms or more (tests/loop_guard.py)
 
-SLOW_CALLBACK_S = 0.1
-
-
-class _SlowCallbacks(logging.Handler):
-    """Collects asyncio's debug-mode reports of callbacks that held the loop too long."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.armed = False
-        self.reports: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if self.armed and message.startswith("Executing"):
-            self.reports.append(message)
+_loop_guard = LoopGuard()
 
 
-_slow_callbacks = _SlowCallbacks()
-logging.getLogger("asyncio").addHandler(_slow_callbacks)
+def pytest_configure(config: pytest.Config) -> None:
+    _loop_guard.install()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -365,24 +351,27 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     # Only the test body counts: fixtures build apps and migrate schemas synchronously. The
     # cyclic garbage collector waits until the body is over: a full collection of the test
     # process's heap takes 100-300 ms here, a pause of the test runner, not of the app.
-    _slow_callbacks.armed = True
+    # Tests whose app runs in a server process of its own have only the test's client here.
+    watched = not item.get_closest_marker("app_in_another_process")
     gc.disable()
     try:
-        return (yield)
+        if not watched:
+            return (yield)
+        with _loop_guard:
+            return (yield)
     finally:
         gc.enable()
-        _slow_callbacks.armed = False
+
+
+@pytest.fixture
+def loop_guard() -> LoopGuard:
+    """The guard itself, for the tests that check what it reports."""
+    return _loop_guard
 
 
 @pytest.fixture(autouse=True)
-async def event_loop_not_blocked(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    if request.node.get_closest_marker("app_in_another_process"):
-        # Only the test's own client runs here: on a loaded machine its steps are what trips.
-        yield
-        return
-    loop = asyncio.get_running_loop()
-    loop.set_debug(True)
-    loop.slow_callback_duration = SLOW_CALLBACK_S
-    _slow_callbacks.reports.clear()
+def event_loop_not_blocked() -> Iterator[None]:
+    _loop_guard.take_reports()
     yield
-    assert not _slow_callbacks.reports, "event loop blocked:\n" + "\n".join(_slow_callbacks.reports)
+    reports = _loop_guard.take_reports()
+    assert not reports, "event loop blocked:\n" + "\n".join(reports)
