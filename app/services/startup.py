@@ -20,6 +20,10 @@ ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
 
 def alembic_config(settings: Settings | None = None) -> Config:
     config = Config(str(ALEMBIC_INI))
+    # alembic.ini puts the project root on sys.path so that the `alembic` command can import
+    # app. Here app is imported already, and each reading of the scripts would prepend the
+    # root once more: every create_app would grow sys.path, and every failed import with it.
+    config.set_main_option("prepend_sys_path", "")
     config.attributes["settings"] = settings
     return config
 
