@@ -18,13 +18,17 @@ from typing import Any
 HELD_LIMIT_S = 0.1
 
 
+def _never_waited() -> int:
+    return 0
+
+
 def _runqueue_wait_clock() -> Callable[[], int]:
     """A clock of the nanoseconds the calling thread has waited for a CPU, 0 where unknown."""
     path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return lambda: 0
+        return _never_waited
     return lambda: int(os.pread(fd, 128, 0).split()[1])
 
 
@@ -35,32 +39,35 @@ def _describe(handle: asyncio.Handle) -> str:
 
 
 class LoopGuard:
-    """Times every callback run on an asyncio loop while armed and keeps the slow ones."""
+    """While entered, times every callback that a loop runs on the entering thread (the test's
+    loop; aiosmtpd's, in a thread of its own, is not the app's) and keeps the slow ones."""
 
     def __init__(self, limit_s: float = HELD_LIMIT_S) -> None:
         self.limit_s = limit_s
-        self.armed = False
         self.reports: list[str] = []
+        self._watched: int | None = None  # the thread whose loop is timed
+        self._waited: Callable[[], int] = _never_waited
         self._clocks: dict[int, Callable[[], int]] = {}
-        self._run: Callable[[asyncio.Handle], None] | None = None
+        self._installed = False
 
     def install(self) -> None:
         """Wraps `asyncio.Handle._run`, the one place every loop runs a callback or task step."""
-        if self._run is not None:
+        if self._installed:
             return
-        self._run = run = asyncio.Handle._run
+        self._installed = True
+        run = asyncio.Handle._run
         guard = self
 
         def timed_run(self: asyncio.Handle) -> None:
-            if not guard.armed:
+            if threading.get_ident() != guard._watched:
                 return run(self)
-            waited = guard._clock()
+            waited = guard._waited()
             start = time.monotonic()
             try:
                 run(self)
             finally:
                 wall = time.monotonic() - start
-                held = wall - (guard._clock() - waited) / 1e9
+                held = wall - (guard._waited() - waited) / 1e9
                 if held >= guard.limit_s:
                     guard.reports.append(
                         f"{_describe(self)} held the loop {held * 1000:.0f} ms"
@@ -69,21 +76,18 @@ class LoopGuard:
 
         asyncio.Handle._run = timed_run  # type: ignore[method-assign]
 
-    def _clock(self) -> int:
-        thread = threading.get_ident()
-        clock = self._clocks.get(thread)
-        if clock is None:
-            clock = self._clocks[thread] = _runqueue_wait_clock()
-        return clock()
-
     def take_reports(self) -> list[str]:
         reports, self.reports = self.reports, []
         return reports
 
     def __enter__(self) -> "LoopGuard":
+        thread = threading.get_ident()
+        if thread not in self._clocks:
+            self._clocks[thread] = _runqueue_wait_clock()
+        self._waited = self._clocks[thread]
         self.reports.clear()
-        self.armed = True
+        self._watched = thread
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.armed = False
+        self._watched = None

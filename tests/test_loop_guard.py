@@ -1,5 +1,5 @@
-"""The event-loop guard reports a callback that computes or sleeps for 100 ms, not one that only
-waited for a CPU another process had."""
+"""The event-loop guard reports a callback of the test's loop that computes or sleeps for 100 ms,
+not one that only waited for a CPU another process had."""
 
 import asyncio
 import os
@@ -32,6 +32,16 @@ async def test_a_long_computation_is_reported(loop_guard: LoopGuard) -> None:
     spin(0.15)
     await asyncio.sleep(0)
     assert len(loop_guard.take_reports()) == 1
+
+
+async def test_a_loop_in_a_thread_of_its_own_is_not_watched(loop_guard: LoopGuard) -> None:
+    """Such a loop (aiosmtpd's) blocks nothing of the app's."""
+
+    async def blocking() -> None:
+        spin(0.15)
+
+    await asyncio.to_thread(asyncio.run, blocking())
+    assert loop_guard.take_reports() == []
 
 
 async def test_short_steps_are_not_reported(loop_guard: LoopGuard) -> None:
