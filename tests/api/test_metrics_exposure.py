@@ -11,6 +11,9 @@ from datetime import timedelta
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import event
 
 from app.core.config import Settings
@@ -20,6 +23,7 @@ from app.db.session import Database
 from app.main import create_app
 from app.services import health, job_stats
 from tests.api.test_operations import samples
+from tests.loop_guard import LoopGuard
 
 TOKEN = "scrape-" + "t" * 40
 
@@ -87,6 +91,34 @@ async def test_an_empty_path_parameter_under_the_admin_is_counted(
     text = (await client.get("/metrics")).text
     routes = {dict(labels)["route"] for labels in samples(text, "http_requests_total")}
     assert "/admin/user/edit/" not in routes
+
+
+class _ManySeries(Collector):
+    """As many series as a long-lived process's registry may come to hold."""
+
+    def describe(self) -> Iterator[Metric]:  # registering asks for the names only
+        yield GaugeMetricFamily("test_many_series", "Many series.", labels=["n"])
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("test_many_series", "Many series.", labels=["n"])
+        for n in range(50_000):
+            family.add_metric([str(n)], n)
+        yield family
+
+
+async def test_a_scrape_of_a_large_registry_leaves_the_loop_free(
+    client: httpx.AsyncClient, loop_guard: LoopGuard
+) -> None:
+    many = _ManySeries()
+    REGISTRY.register(many)
+    try:
+        response = await client.get("/metrics")
+    finally:
+        REGISTRY.unregister(many)
+    assert response.status_code == 200
+    assert 'test_many_series{n="49999"} 49999.0' in response.text
+    await asyncio.sleep(0)  # ends the step that served the scrape, so the guard has timed it
+    assert loop_guard.take_reports() == []
 
 
 async def test_concurrent_scrapes_share_one_read_of_the_job_gauges(
