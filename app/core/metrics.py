@@ -4,6 +4,7 @@ With several worker processes (`serve --workers N`) PROMETHEUS_MULTIPROC_DIR is 
 process writes its samples there; /metrics then adds them all up, whichever process answers.
 """
 
+import contextlib
 import hmac
 import os
 from collections.abc import Iterable, Mapping
@@ -220,7 +221,8 @@ def _forget_exited_processes(path: str) -> None:
         try:
             os.kill(pid, 0)  # signal 0: only asks whether the process exists
         except ProcessLookupError:
-            # prometheus_client leaves this function unannotated.
-            multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+            with contextlib.suppress(FileNotFoundError):  # a concurrent scrape was first
+                # prometheus_client leaves this function unannotated.
+                multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
         except PermissionError:
             pass  # it exists, as another user

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,32 @@ def test_the_live_gauges_of_an_exited_process_are_no_longer_summed(
     finally:
         for worker in workers:
             worker.communicate(timeout=30)
+
+
+def test_concurrent_scrapes_forget_an_exited_process_without_tripping(tmp_path: Path) -> None:
+    """Scrapes render in threads, and workers scrape at once: two may drop the same files."""
+    exited = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    pid = int(exited.stdout)
+    errors: list[BaseException] = []
+
+    def forget() -> None:
+        try:
+            metrics._forget_exited_processes(str(tmp_path))
+        except BaseException as exc:
+            errors.append(exc)
+
+    for _ in range(100):
+        for mode in ("livesum", "liveall", "livemax", "livemin", "livemostrecent"):
+            (tmp_path / f"gauge_{mode}_{pid}.db").touch()
+        threads = [threading.Thread(target=forget) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not list(tmp_path.glob("gauge_live*"))
+    assert errors == []
