@@ -18,8 +18,11 @@ from tests.jobs import wait_for_job
 
 
 def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The samples named `name` in a scrape, by their labels. Only their lines are parsed: the
+    whole scrape of a test process that has served a thousand apps takes the parser 100 ms."""
+    lines = [line for line in text.splitlines() if line.startswith((name + "{", name + " "))]
     found = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families("\n".join(lines) + "\n"):
         for sample in family.samples:
             if sample.name == name:
                 found[tuple(sorted(sample.labels.items()))] = sample.value
