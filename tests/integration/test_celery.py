@@ -41,7 +41,7 @@ async def all_jobs(app: FastAPI) -> list[Job]:
 async def test_registrations_deliver_their_emails_through_celery_workers(
     celery_app: FastAPI, worker: Worker, smtp: SmtpSink
 ) -> None:
-    worker.start()
+    await worker.start()
     await worker.ready()
     emails = await register(celery_app, 6, "celery")
     messages = await smtp.wait_for(6)
@@ -60,7 +60,7 @@ async def test_jobs_committed_while_no_worker_runs_are_delivered_when_one_starts
     emails = await register(celery_app, 3, "waiting")
     await asyncio.sleep(0.5)
     assert smtp.messages == []
-    worker.start()
+    await worker.start()
     messages = await smtp.wait_for(3)
     assert sorted(m["To"] for m in messages) == sorted(emails)
 
@@ -68,7 +68,7 @@ async def test_jobs_committed_while_no_worker_runs_are_delivered_when_one_starts
 async def test_a_worker_killed_mid_job_does_not_lose_it(
     celery_app: FastAPI, worker: Worker, smtp: SmtpSink, celery_settings: Settings
 ) -> None:
-    worker.start()
+    await worker.start()
     await worker.ready()
     smtp.stall = True  # the next delivery hangs inside the SMTP conversation
     [email] = await register(celery_app, 1, "killed")
@@ -78,7 +78,7 @@ async def test_a_worker_killed_mid_job_does_not_lose_it(
     worker.kill()
     smtp.release()  # the killed worker's half-sent mail is never accepted
 
-    worker.start()  # a fresh worker takes the job over once the dead one's lease runs out
+    await worker.start()  # a fresh worker takes the job over once the dead one's lease runs out
     [message] = await smtp.wait_for(1)
     assert message["To"] == email
     done = await wait_for_job(celery_app.state.db, job.id, JobStatus.SUCCEEDED)
@@ -96,7 +96,7 @@ async def test_a_broker_that_is_down_at_commit_time_loses_nothing(
         update={"broker_url": proxy.url(broker_url), "job_poll_seconds": 0.2}
     )
     worker.settings = api_settings.model_copy(update={"broker_url": broker_url})
-    worker.start()
+    await worker.start()
     app = await asyncio.to_thread(create_app, api_settings)  # building an app is sync work
     try:
         async with app.router.lifespan_context(app):
@@ -134,7 +134,7 @@ async def test_a_message_the_broker_lost_is_published_again(
         while not purged:
             purged = await asyncio.to_thread(purge)
     assert purged == 1
-    worker.start()
+    await worker.start()
     [message] = await smtp.wait_for(1)  # after JOB_REPUBLISH_SECONDS
     assert message["To"] == email
     done = await wait_for_job(celery_app.state.db, job.id, JobStatus.SUCCEEDED)

@@ -59,7 +59,7 @@ async def test_deliveries_that_meet_an_unavailable_database_run_once_it_is_back(
     assert api.state.settings.job_republish_seconds > MAIL_WAIT_S
     behind(proxy, worker, api)
     await proxy.cut()
-    await asyncio.to_thread(worker.start)  # forks: not on the event loop
+    await worker.start()
     await worker.ready()
     emails = await register(api, 3, "outage")
     await asyncio.sleep(2.0)  # each delivery meets the closed database within milliseconds
@@ -79,7 +79,7 @@ async def test_an_outcome_the_database_could_not_take_is_recorded_once_it_is_bac
     recorded when it returns, and the job's retry follows, instead of the job sitting
     `running` until its lease runs out."""
     behind(proxy, worker, api)
-    await asyncio.to_thread(worker.start)  # forks: not on the event loop
+    await worker.start()
     await worker.ready()
     smtp.stall = True
     [email] = await register(api, 1, "midjob")

@@ -43,7 +43,7 @@ async def test_two_dispatchers_and_a_celery_worker_run_each_tick_once(
         update={"prune_interval_seconds": EVERY.total_seconds(), "job_poll_seconds": 0.1}
     )
     embedded = ticking.model_copy(update={"broker_url": ""})
-    worker.start()
+    await worker.start()
     await worker.ready()
     databases = [Database.from_settings(ticking) for _ in range(3)]
     relay = Relay(databases[2], ticking, publisher(create_celery(ticking)))

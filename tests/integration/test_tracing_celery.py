@@ -32,7 +32,7 @@ async def test_the_welcome_job_run_by_a_worker_joins_the_trace_of_the_registrati
         }
 
     monkeypatch.setattr(integration, "worker_env", traced_env)
-    worker.start()
+    await worker.start()
     await worker.ready()
     transport = httpx.ASGITransport(app=celery_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

@@ -5,6 +5,7 @@ only through the multiprocess directory the worker's main process set before it 
 """
 
 import socket
+import ssl
 
 import httpx
 import pytest
@@ -24,6 +25,8 @@ pytestmark = [
 ]
 
 TOKEN = "worker-scrape-token"
+# Made once: a client building its own TLS context loads the CA bundle, 100 ms with the loop held.
+TLS = ssl.create_default_context()
 
 
 def free_port() -> int:
@@ -46,7 +49,7 @@ def port(monkeypatch: pytest.MonkeyPatch) -> int:
 
 async def scrape(port: int, token: str | None = None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with httpx.AsyncClient(timeout=5, verify=TLS) as client:
         return await client.get(f"http://127.0.0.1:{port}/metrics", headers=headers)
 
 
@@ -75,7 +78,7 @@ def sample(text: str, name: str, labels: dict[str, str]) -> float | None:
 async def test_a_job_run_in_a_pool_process_is_counted_in_the_workers_scrape(
     celery_app: FastAPI, worker: Worker, smtp: SmtpSink, port: int
 ) -> None:
-    worker.start()
+    await worker.start()
     await worker.ready()
     job = await register(celery_app)
     await wait_for_job(celery_app.state.db, job.id, JobStatus.SUCCEEDED)
@@ -95,7 +98,7 @@ async def test_with_metrics_token_set_a_scrape_needs_it(
     worker: Worker, port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("METRICS_TOKEN", TOKEN)
-    worker.start()
+    await worker.start()
     await worker.ready()
 
     refused = await scrape(port)
@@ -112,7 +115,7 @@ async def test_in_production_without_metrics_token_the_port_stays_closed(
     worker: Worker, port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ENVIRONMENT", "production")
-    worker.start()
+    await worker.start()
     await worker.ready()  # the worker runs, it only serves no metrics
 
     with pytest.raises(httpx.ConnectError):
